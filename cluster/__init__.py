@@ -1,0 +1,1 @@
+"""Run configuration, Ray launch (embedded or remote), job submission, deployment manifests and the CLI."""

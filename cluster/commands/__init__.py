@@ -1,0 +1,1 @@
+"""Subcommands of the `bigbatch` CLI; each module exposes register(subparsers)."""

@@ -1,0 +1,1 @@
+"""Streaming image data: sources → WebDataset tar shards + manifest → per-rank streams of augmented views."""

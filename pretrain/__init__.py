@@ -1,0 +1,1 @@
+"""Encoders, heads, losses, methods, optimisers and the per-worker train loop (Ray only in train_loop.py)."""

@@ -1,0 +1,120 @@
+"""The validated run configuration: one pydantic model, every section strict (unknown keys fail).
+
+Ray-free: the cluster section is plain data that cluster/ turns into Ray Train's configs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    train: str = Field("digits", description="'digits' (built in, written to the cache on first use) or shards: "
+                       "a directory with manifest.json, a manifest URL, or a brace pattern of .tar URLs")
+    probe_train: str | None = Field(None, description="labelled shards for the probe's training split; default: `train`")
+    probe_test: str | None = Field(None, description="held-out shards for the probe; default for digits: the built-in holdout")
+    image_size: int = Field(32, ge=8, le=1024)
+    blur: bool | None = Field(None, description="Gaussian blur in the view recipe; None: on above 32 px")
+    mode: Literal["exact", "resampled"] = "exact"
+    shuffle_buffer: int = Field(2000, ge=0)
+    loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class ModelConfig(Strict):
+    encoder: str = "bb_convnet_small"
+    small_stem: bool = True
+    norm: Literal["batch", "group", "none"] = "batch"
+    proj_hidden: int = Field(512, ge=1)
+    proj_dim: int = Field(128, ge=1)
+    proj_layers: int = Field(2, ge=1)
+    sync_batchnorm: bool = Field(True, description="SyncBatchNorm on GPU workers (CPU/gloo keeps per-worker BN)")
+
+
+class LossConfig(Strict):
+    name: Literal["ranking", "ranking-blockwise", "binary", "spectral"] = "ranking"
+    temperature: float = Field(0.2, gt=0)
+    block_size: int = Field(1024, ge=1, description="column block of ranking-blockwise")
+    num_negatives: int = Field(1, ge=1, description="binary: negatives per anchor from shifts of the local batch")
+    all_pairs: bool = Field(False, description="binary: the O(B^2) all-pairs sigmoid variant")
+    mu: float = Field(1.0, gt=0, description="spectral: weight of the quadratic term")
+
+
+class OptimConfig(Strict):
+    name: Literal["lars", "adamw"] = "lars"
+    lr: float | None = Field(None, gt=0, description="None: lars 0.3*B/256 (SimCLR rule), adamw 1e-3*B/256")
+    weight_decay: float | None = Field(None, ge=0, description="None: lars 1e-6, adamw 0.05; never on norms/biases")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_fraction: float = Field(0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class VAEConfig(Strict):
+    latent_dim: int = Field(64, ge=1)
+    beta: float = Field(1.0, ge=0)
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    sigma: float = Field(0.1, gt=0, description="fixed std of the Gaussian likelihood (ignored when learn_sigma)")
+    learn_sigma: bool = False
+    representation: Literal["mu", "features"] = "mu"
+
+
+class GANConfig(Strict):
+    loss: Literal["minimax", "nonsaturating", "wgan"] = "nonsaturating"
+    latent_dim: int = Field(64, ge=1)
+    lr: float | None = Field(None, gt=0, description="None: 2e-4 (Adam) for minimax/nonsaturating, 5e-5 (RMSprop) for wgan")
+    n_critic: int | None = Field(None, ge=1, description="None: 5 for wgan, 1 otherwise")
+    clip: float = Field(0.01, gt=0, description="wgan: critic weights clipped to [-clip, clip]")
+    gen_width: int = Field(64, ge=8)
+
+
+class ClusterConfig(Strict):
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    address: str | None = Field(None, description="existing Ray cluster (ray://… or host:port); None: embedded local Ray")
+    storage_path: str | None = Field(None, description="local dir, NFS path or s3://…; None: ~/bigbatch_runs")
+    max_failures: int = Field(2, ge=-1)
+    num_to_keep: int = Field(2, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1, description="torch intra-op threads; None: cpus_per_worker")
+
+
+class EvalConfig(Strict):
+    probe: bool = True
+    knn: bool = True
+    every_k_checkpoints: int = Field(0, ge=0, description="also probe every k-th checkpoint (0: only the final one)")
+    baselines: list[Literal["pixels", "pca", "ppca", "random-init"]] = Field(default_factory=list)
+
+
+class RunConfig(Strict):
+    name: str | None = Field(None, description="run name; rerunning with the same name resumes. None: generated")
+    method: Literal["simclr", "vae", "gan"] = "simclr"
+    batch_size: int = Field(256, ge=2, description="global batch (images) across all workers")
+    steps: int | None = Field(None, ge=1, description="optimiser steps; None: from epochs")
+    epochs: float | None = Field(None, gt=0)
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    deterministic: bool = False
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    vae: VAEConfig = Field(default_factory=VAEConfig)
+    gan: GANConfig = Field(default_factory=GANConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.batch_size % self.cluster.workers:
+            raise ValueError(f"batch_size={self.batch_size} must be divisible by cluster.workers={self.cluster.workers}")
+        if self.steps is None and self.epochs is None:
+            self.steps = 200
+        return self

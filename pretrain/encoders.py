@@ -1,0 +1,120 @@
+"""Encoders by name through timm's registry, plus bigbatch's own small CNNs registered into it.
+
+``create_encoder(name)`` returns a backbone whose forward gives pooled features ``[B, num_features]``.
+``small_stem=True`` adapts ResNets to 32-px inputs (3×3 stride-1 first conv, no max-pool), as in
+the SimCLR CIFAR recipe. ``norm="group"`` swaps BatchNorm for GroupNorm (batch-independent,
+so data-parallel and single-process runs give the same numbers on CPU).
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from timm.models import register_model
+from torch import nn
+
+_DEFAULT_CFG = {"num_classes": 0, "input_size": (3, 32, 32)}
+
+
+def _norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(32, max(1, channels // 4)), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be batch|group|none, got {kind!r}")
+
+
+class ConvNet(nn.Module):
+    """A plain VGG-style CNN: stages of (conv3×3 → norm → ReLU) ×2 → 2×2 pool; global average pool.
+
+    Small, fast on CPU, batch-independent with ``norm='group'``; the default for digits.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_chans: int = 3, norm: str = "batch",
+                 num_classes: int = 0, **_: object) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_chans
+        for i, w in enumerate(widths):
+            for _j in range(2):
+                layers += [nn.Conv2d(c, w, 3, padding=1, bias=norm == "none"), _norm_layer(norm, w), nn.ReLU(inplace=True)]
+                c = w
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = c
+        self.head = nn.Linear(c, num_classes) if num_classes else nn.Identity()
+        self.default_cfg = dict(_DEFAULT_CFG)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register_model
+def bb_convnet_tiny(pretrained: bool = False, **kwargs: object) -> ConvNet:
+    """~0.1 M parameters: widths 16-32-64."""
+    return ConvNet(widths=(16, 32, 64), **kwargs)
+
+
+@register_model
+def bb_convnet_small(pretrained: bool = False, **kwargs: object) -> ConvNet:
+    """~0.3 M parameters: widths 32-64-128."""
+    return ConvNet(widths=(32, 64, 128), **kwargs)
+
+
+def _small_stem(model: nn.Module) -> nn.Module:
+    """3×3 stride-1 first convolution and no max-pool, for 32-px inputs (timm ResNet layout)."""
+    if not (hasattr(model, "conv1") and isinstance(model.conv1, nn.Conv2d)):
+        raise ValueError(f"small_stem applies to timm ResNet-style models with conv1; {type(model).__name__} has none")
+    old = model.conv1
+    model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def create_encoder(name: str = "resnet18", *, small_stem: bool = False, norm: str = "batch",
+                   in_chans: int = 3) -> nn.Module:
+    """A timm backbone with its classifier removed: forward(x) -> [B, model.num_features]."""
+    kwargs: dict[str, object] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
+    if name.startswith("bb_"):
+        kwargs["norm"] = norm
+    elif norm == "group":
+        kwargs["norm_layer"] = lambda c, **_: _norm_layer("group", c)
+    elif norm != "batch":
+        raise ValueError(f"norm={norm!r} is only available for bb_* encoders; timm models take batch|group")
+    try:
+        model = timm.create_model(name, **kwargs)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ValueError(f"unknown encoder {name!r}: {exc}") from exc
+    if small_stem and not name.startswith("bb_"):
+        model = _small_stem(model)
+    return model
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR's MLP head: Linear → BN → ReLU (× layers−1) → Linear to out_dim."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, layers: int = 2,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        d = in_dim
+        for _ in range(layers - 1):
+            mods += [nn.Linear(d, hidden_dim, bias=norm == "none")]
+            if norm == "batch":
+                mods.append(nn.BatchNorm1d(hidden_dim))
+            elif norm == "group":
+                mods.append(nn.LayerNorm(hidden_dim))
+            mods.append(nn.ReLU(inplace=True))
+            d = hidden_dim
+        mods.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

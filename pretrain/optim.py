@@ -1,0 +1,71 @@
+"""Large-batch optimisation: LARS (timm) with the SimCLR rule lr = 0.3·B/256, or AdamW; warmup + cosine (timm).
+
+Weight decay — and, for LARS, the trust-ratio adaptation — skip norms and biases (1-D parameters): timm's
+Lars adapts only groups with weight_decay > 0, which gives exactly SimCLR's exclusion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from timm.optim import Lars
+from timm.optim._param_groups import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from pretrain.config import OptimConfig
+
+
+def base_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """The configured lr, or the batch-scaled default: LARS 0.3·B/256 (SimCLR), AdamW 1e-3·B/256."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return (0.3 if cfg.name == "lars" else 1e-3) * global_batch / 256
+
+
+def default_weight_decay(cfg: OptimConfig) -> float:
+    if cfg.weight_decay is not None:
+        return cfg.weight_decay
+    return 1e-6 if cfg.name == "lars" else 0.05
+
+
+def build_optimizer(modules: nn.Module | Iterable[nn.Module], cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
+    """LARS or AdamW over ``modules`` with no decay (and no LARS adaptation) on 1-D params."""
+    mods = [modules] if isinstance(modules, nn.Module) else list(modules)
+    wd = default_weight_decay(cfg)
+    groups: list[dict] = []
+    for m in mods:
+        groups += param_groups_weight_decay(m, weight_decay=wd)
+    groups = [g for g in groups if g["params"]]
+    lr = base_lr(cfg, global_batch)
+    if cfg.name == "lars":
+        return Lars(groups, lr=lr, momentum=cfg.momentum, trust_coeff=0.001)
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+
+
+class WarmupCosine:
+    """Per-step linear warmup then cosine decay to ``min_lr_ratio``·lr (timm's CosineLRScheduler, stepped by update)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.1,
+                 min_lr_ratio: float = 0.0) -> None:
+        warmup = int(round(total_steps * warmup_fraction))
+        lr0 = optimizer.param_groups[0]["lr"]
+        self.inner = CosineLRScheduler(
+            optimizer, t_initial=max(1, total_steps - warmup), lr_min=lr0 * min_lr_ratio, warmup_t=warmup,
+            warmup_lr_init=lr0 * 1e-3 if warmup else lr0, warmup_prefix=True, t_in_epochs=False,
+        )
+        self.step_count = 0
+        self.inner.step_update(0)
+
+    def step(self) -> None:
+        self.step_count += 1
+        self.inner.step_update(self.step_count)
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step_count"]
+        self.inner.load_state_dict(state["inner"])
+        self.inner.step_update(self.step_count)
