@@ -1,0 +1,70 @@
+"""`bigbatch submit CONFIG [key=value …] --address http://HEAD:8265`: the pretraining job through the Ray Jobs API.
+
+The project directory is uploaded as the job's working directory (without .venv, .git and run outputs);
+the entrypoint is ``python -m cluster.cli pretrain …`` run on the head node, which then drives the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "runs", "bigbatch_runs", ".pytest_cache", "*.tar"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("submit", help="submit a pretraining job to a Ray cluster (Ray Jobs API)")
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE")
+    p.add_argument("--address", required=True, help="the cluster's dashboard/Jobs address, e.g. http://HEAD:8265")
+    p.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env (repeatable)")
+    p.add_argument("--wait", action="store_true", help="wait for the job, print its logs, exit with its status")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait")
+    p.set_defaults(func=run)
+
+
+def entrypoint(items: list[str]) -> str:
+    return " ".join(["python", "-m", "cluster.cli", "pretrain", *map(shlex.quote, items), "--no-progress"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from cluster.commands.pretrain import split_items
+    from cluster.run_config import ConfigError, load_run_config
+
+    config, overrides = split_items(args.items)
+    try:  # validate locally: a bad key fails here, not on the cluster
+        load_run_config(config, overrides)
+    except ConfigError as exc:
+        print(f"bigbatch submit: {exc}", file=sys.stderr)
+        return 2
+    items = list(args.items)
+    if config and Path(config).is_file():  # ship the config inside the working dir, relative to it
+        try:
+            items[0] = str(Path(config).resolve().relative_to(PROJECT_ROOT))
+        except ValueError:
+            print(f"bigbatch submit: {config} must lie inside the project directory {PROJECT_ROOT} "
+                  "(it is uploaded as the job's working directory)", file=sys.stderr)
+            return 2
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(args.address)
+    runtime_env: dict = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES}
+    if args.pip:
+        runtime_env["pip"] = args.pip
+    job_id = client.submit_job(entrypoint=entrypoint(items), runtime_env=runtime_env)
+    print(f"submitted job {job_id} to {args.address}")
+    print(f"  follow: ray job logs --address {args.address} --follow {job_id}")
+    if not args.wait:
+        return 0
+    deadline = time.time() + args.timeout
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    status = client.get_job_status(job_id)
+    while status not in terminal and time.time() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    print(client.get_job_logs(job_id))
+    print(f"job {job_id}: {status}")
+    return 0 if status == JobStatus.SUCCEEDED else 1

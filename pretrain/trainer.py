@@ -1,0 +1,188 @@
+"""The per-worker training loop, free of Ray: stream → method.train_step → logs and checkpoints.
+
+The same loop runs inside a Ray Train worker (pretrain/train_loop.py supplies Ray-backed hooks) and in one
+plain process (``LocalHooks``), which is how `bigbatch bench train` gets its side-by-side baseline.
+Resume contract: a checkpoint after step s stores the stream position (epoch, batches consumed in that
+epoch); the resumed loop asks the stream for exactly the batches the uninterrupted loop would have read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from pretrain.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from pretrain.config import RunConfig
+from pretrain.methods import build_method
+from pretrain.methods.base import PretrainMethod
+
+WriteCheckpoint = Callable[[Path], None]
+
+
+class TrainerHooks(Protocol):
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Called on every rank at log steps (rank 0's call is the one to record)."""
+
+    def checkpoint(self, write: WriteCheckpoint, metrics: dict[str, Any]) -> None:
+        """Called on every rank at checkpoint steps; ``write(dir)`` writes this rank's part into ``dir``."""
+
+
+def resolve_source(source: str) -> str:
+    """'digits' → the built-in digits shards in the cache (written once, race-safe); anything else unchanged."""
+    if source == "digits":
+        from data_pipeline.builtin import ensure_digits
+        return str(ensure_digits()[0])
+    return source
+
+
+def stream_spec(cfg: RunConfig, world_size: int, num_views: int):
+    from data_pipeline.stream import StreamSpec
+    d = cfg.data
+    return StreamSpec(source=resolve_source(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
+                      augment=True, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
+                      shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
+                      max_bad_fraction=d.max_bad_fraction, equalize=True)
+
+
+def ddp_wrapper(device: torch.device) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """DDP when a process group with >1 ranks is up, identity otherwise."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return lambda m: m
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ids = [device.index] if device.type == "cuda" else None
+    return lambda m: DDP(m, device_ids=ids, broadcast_buffers=False)
+
+
+def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+class Trainer:
+    """Builds the method and stream for (rank, world_size) and runs ``cfg.steps`` optimiser steps."""
+
+    def __init__(self, cfg: RunConfig, *, rank: int, world_size: int, device: torch.device, hooks: TrainerHooks) -> None:
+        self.cfg, self.rank, self.world_size, self.device, self.hooks = cfg, rank, world_size, device, hooks
+        threads = cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker))
+        torch.set_num_threads(threads)
+        torch.manual_seed(cfg.seed * 1000 + rank)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        method = build_method(cfg)
+        if device.type == "cuda" and cfg.model.sync_batchnorm and world_size > 1:
+            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        self.method: PretrainMethod = method.to(device)
+        self.spec = stream_spec(cfg, world_size, method.num_views)
+        self.steps_per_epoch = len(self._loader(epoch=0, start_batch=0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{cfg.data.train}: the stream gives 0 steps per epoch at batch {cfg.batch_size}")
+        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.method.configure(self.total_steps, device, ddp_wrapper(device))
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+
+    def _loader(self, epoch: int, start_batch: int):
+        from data_pipeline.stream import make_loader
+        return make_loader(self.spec, rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
+
+    def restore(self, checkpoint_dir: Path) -> None:
+        state, rng = load_checkpoint(checkpoint_dir, self.rank)
+        self.method.load_state(state["method"])
+        self.step = state["step"]
+        self.epoch, self.batch_in_epoch = state["stream"]["epoch"], state["stream"]["batch"]
+        if rng is not None:
+            set_rng_state(rng)
+
+    def _write(self, directory: Path) -> None:
+        save_checkpoint(directory, rank=self.rank, method_state=self.method.state() if self.rank == 0 else None,
+                        step=self.step, stream={"epoch": self.epoch, "batch": self.batch_in_epoch},
+                        config=self.cfg.model_dump(mode="json"))
+
+    def fit(self, resume_from: Path | None = None) -> dict[str, Any]:
+        """Train from the current position (0, or what ``restore``/``resume_from`` set) to ``total_steps``."""
+        if resume_from is not None:
+            self.restore(resume_from)
+        self.method.train()
+        cfg, last = self.cfg, {}
+        window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
+        while self.step < self.total_steps:
+            loader = self._loader(self.epoch, self.batch_in_epoch)
+            it = iter(loader)
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                if batch is None:  # the epoch ran out: the next one starts at its first batch
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    break
+                window_wait += time.perf_counter() - t0
+                batch["views"] = [v.to(self.device, non_blocking=True) for v in batch["views"]]
+                metrics = self.method.train_step(batch, self.step)
+                self.step += 1
+                self.batch_in_epoch += 1
+                window_steps += 1
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_t0
+                    last = _mean_over_ranks(metrics, self.device)
+                    last.update(step=self.step, epoch=self.epoch, total_steps=self.total_steps,
+                                images_per_s=cfg.batch_size * window_steps / elapsed,
+                                data_wait_fraction=window_wait / elapsed,
+                                bad_samples_rank0=_bad_total(getattr(loader, "stats", {}) or {}))
+                    self.hooks.log(dict(last))
+                    window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
+                if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                    self.hooks.checkpoint(self._write, dict(last, step=self.step))
+        return last
+
+
+def _bad_total(stats: dict[str, Any]) -> int:
+    bad = stats.get("bad", stats.get("skipped", {}))
+    return int(sum(bad.values())) if isinstance(bad, dict) else int(bad or 0)
+
+
+class LocalHooks:
+    """Hooks for one plain process: metrics kept in memory, checkpoints in ``run_dir/checkpoints``."""
+
+    def __init__(self, run_dir: Path, num_to_keep: int = 2, on_log: Callable[[dict], None] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.num_to_keep = num_to_keep
+        self.logs: list[dict[str, Any]] = []
+        self.on_log = on_log
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        self.logs.append(metrics)
+        if self.on_log:
+            self.on_log(metrics)
+
+    def checkpoint(self, write: WriteCheckpoint, metrics: dict[str, Any]) -> None:
+        root = self.run_dir / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".partial-"))
+        write(tmp)
+        final = root / f"checkpoint_{metrics['step']:08d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(root.glob("checkpoint_*"))[: -self.num_to_keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def run_single_process(cfg: RunConfig, run_dir: Path, device: str = "cpu", resume: bool = True) -> tuple[Trainer, LocalHooks]:
+    """The training loop in this process, world size 1, no Ray (the baseline of `bigbatch bench train`)."""
+    hooks = LocalHooks(run_dir, cfg.cluster.num_to_keep)
+    trainer = Trainer(cfg, rank=0, world_size=1, device=torch.device(device), hooks=hooks)
+    ckpts = sorted((Path(run_dir) / "checkpoints").glob("checkpoint_*"))
+    trainer.fit(ckpts[-1] if (resume and ckpts) else None)
+    return trainer, hooks
