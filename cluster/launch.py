@@ -119,14 +119,17 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
 
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
+    workers: dict[int, dict[str, Any]] = {}
     while thread.is_alive():
         thread.join(timeout=0.5)
         sink.consume(*ray.get(progress.drain.remote()))
+        workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
     sink.consume(*ray.get(progress.drain.remote()))
+    workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
     wall = time.time() - t0
     restarts = max(0, sink.starts - 1)
     summary = {"name": cfg.name, "run_dir": str(run_dir), "storage": storage, "wall_time_s": wall,
-               "restarts": restarts, "resumed_at_steps": sink.resumed_at, "final": sink.last}
+               "restarts": restarts, "resumed_at_steps": sink.resumed_at, "workers": workers, "final": sink.last}
     sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
     sink.close()
     ray.kill(progress)
@@ -142,6 +145,15 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
         _probe(cfg, run_dir, ckpt_dir)
     _report(run_dir)
     return run_dir
+
+
+def _record_workers(run_dir: Path, current: dict[int, dict[str, Any]], known: dict[int, dict[str, Any]]):
+    """Keep ``run_dir/workers.json`` (rank → node, host, PID) current; restarted workers replace their entry."""
+    if current != known:
+        tmp = run_dir / ".workers.json.tmp"
+        tmp.write_text(json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
+        os.replace(tmp, run_dir / "workers.json")
+    return current
 
 
 def _local_checkpoint(result: Any, run_dir: Path) -> Path:

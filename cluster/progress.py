@@ -21,6 +21,14 @@ class ProgressActor:
         self.events: list[dict[str, Any]] = []
         self.starts = 0
         self.resumed_at: list[int] = []
+        self.workers: dict[int, dict[str, Any]] = {}
+
+    def register_worker(self, rank: int, info: dict[str, Any]) -> None:
+        """Each worker (and each restarted one) reports its node, host and PID."""
+        self.workers[rank] = info
+
+    def worker_info(self) -> dict[int, dict[str, Any]]:
+        return dict(self.workers)
 
     def push(self, metrics: dict[str, Any]) -> None:
         self.events.append(metrics)

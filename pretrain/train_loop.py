@@ -7,10 +7,13 @@ push metrics to the driver's progress actor and report checkpoints through ``ray
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -45,8 +48,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     progress = config.get("progress")
-    if rank == 0 and progress is not None:
-        progress.started.remote()
+    if progress is not None:
+        progress.register_worker.remote(rank, {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                                               "host": socket.gethostname(), "device": str(device)})
+        if rank == 0:
+            progress.started.remote()
     trainer = Trainer(cfg, rank=rank, world_size=world, device=device, hooks=RayHooks(rank, progress))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

@@ -1,0 +1,80 @@
+"""Checkpoints: atomic writes, weights-only loading that refuses pickled objects, RNG round trip, latest lookup."""
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.run_config import load_run_config
+from pretrain.checkpoint import (
+    atomic_save, find_latest_checkpoint, load_checkpoint, load_method, rng_state, save_checkpoint, set_rng_state,
+)
+from pretrain.methods import build_method
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("unpickled arbitrary code",))
+
+
+def _cfg():
+    return load_run_config(None, ["model.encoder=bb_convnet_tiny", "data.train=unused"])
+
+
+def test_roundtrip_and_latest(tmp_path):
+    cfg = _cfg()
+    method = build_method(cfg)
+    for step in (5, 10):
+        save_checkpoint(tmp_path / f"checkpoint_{step}", rank=0, method_state={"model": method.state_dict()},
+                        step=step, stream={"epoch": 1, "batch": step}, config=cfg.model_dump(mode="json"))
+    latest = find_latest_checkpoint(tmp_path)
+    assert latest.name == "checkpoint_10"
+    state, rng = load_checkpoint(latest)
+    assert state["step"] == 10 and state["stream"] == {"epoch": 1, "batch": 10} and rng is not None
+    loaded, loaded_cfg = load_method(tmp_path)
+    assert loaded_cfg == cfg and not loaded.training
+    for (k, a), b in zip(method.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_refuses_pickled_objects(tmp_path):
+    d = tmp_path / "checkpoint_x"
+    d.mkdir()
+    torch.save({"format": 1, "step": 1, "payload": Evil()}, d / "state.pt")
+    with pytest.raises(ValueError, match="weights-only"):
+        load_checkpoint(d)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    d = tmp_path / "checkpoint_t"
+    save_checkpoint(d, rank=0, method_state={"model": {"w": torch.ones(1000)}}, step=1,
+                    stream={"epoch": 0, "batch": 1}, config={})
+    data = (d / "state.pt").read_bytes()
+    (d / "state.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="state.pt"):
+        load_checkpoint(d)
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "state.pt"
+    atomic_save({"v": torch.zeros(3)}, path)
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        atomic_save({"v": lambda: 0}, path)  # fails mid-write
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp file left behind
+
+
+def test_rng_state_roundtrip(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    atomic_save(rng_state(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_no_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no bigbatch checkpoint"):
+        find_latest_checkpoint(tmp_path)
