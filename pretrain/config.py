@@ -57,20 +57,26 @@ class OptimConfig(Strict):
 
 class VAEConfig(Strict):
     latent_dim: int = Field(64, ge=1)
-    beta: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0, description="weight of the KL term: loss = recon + beta*KL (beta=1: -ELBO)")
     likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
-    sigma: float = Field(0.1, gt=0, description="fixed std of the Gaussian likelihood (ignored when learn_sigma)")
-    learn_sigma: bool = False
+    sigma: float = Field(0.1, gt=0, description="std of the Gaussian likelihood (the initial value when learn_sigma)")
+    learn_sigma: bool = Field(False, description="learn one shared log-sigma of the Gaussian likelihood")
     representation: Literal["mu", "features"] = "mu"
+    optimizer: Literal["adamw", "lars"] = Field("adamw", description="the VAE's optimiser; lr, weight decay and "
+                                                "warmup come from the optim section (optim.name is SimCLR's)")
+    decoder_width: int = Field(64, ge=8, description="channels of the decoder's last stage (doubling per stage, max 8x)")
+    decoder_norm: Literal["batch", "group", "none"] = "batch"
 
 
 class GANConfig(Strict):
     loss: Literal["minimax", "nonsaturating", "wgan"] = "nonsaturating"
     latent_dim: int = Field(64, ge=1)
     lr: float | None = Field(None, gt=0, description="None: 2e-4 (Adam) for minimax/nonsaturating, 5e-5 (RMSprop) for wgan")
-    n_critic: int | None = Field(None, ge=1, description="None: 5 for wgan, 1 otherwise")
+    n_critic: int | None = Field(None, ge=1, description="None: 5 for wgan, 1 otherwise; the generator steps "
+                                 "on every n_critic-th train step")
     clip: float = Field(0.01, gt=0, description="wgan: critic weights clipped to [-clip, clip]")
-    gen_width: int = Field(64, ge=8)
+    gen_width: int = Field(64, ge=8, description="channels of the generator's last stage (doubling per stage, max 8x)")
+    gen_norm: Literal["batch", "group", "none"] = "batch"
 
 
 class ClusterConfig(Strict):
