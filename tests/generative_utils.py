@@ -40,12 +40,25 @@ def small_cfg(method: str, **sections: Any) -> RunConfig:
     return RunConfig.model_validate(tree)
 
 
-def build(cfg: RunConfig, total_steps: int = 100, seed: int = 0, wrap: Callable | None = None):
+def build(cfg: RunConfig, total_steps: int = 100, seed: int = 0, wrap: Callable | None = None,
+          sgd_lr: float | None = None):
+    """A configured method in train mode. ``sgd_lr``: swap every optimiser for plain SGD (no schedulers), so
+    parameters depend linearly on gradients — Adam's per-element normalisation would amplify float noise in
+    near-zero gradients and hide gradient-scale errors."""
     torch.manual_seed(seed)
     method = build_method(cfg)
     method.configure(total_steps, torch.device("cpu"), wrap or (lambda m: m))
+    if sgd_lr is not None:
+        method.optimizers = {k: torch.optim.SGD([p for g in o.param_groups for p in g["params"]], lr=sgd_lr)
+                             for k, o in method.optimizers.items()}
+        method.schedulers = {k: _NoSchedule() for k in method.schedulers}
     method.train()
     return method
+
+
+class _NoSchedule:
+    def step(self) -> None:
+        pass
 
 
 class FixedNoise:
@@ -73,6 +86,26 @@ def pixel_frechet(a01: torch.Tensor, b01: torch.Tensor) -> float:
     ca, cb = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
     root = linalg.sqrtm(ca @ cb).real
     return float(((fa.mean(0) - fb.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * root))
+
+
+def params_and_grads(method: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """{"params": state_dict, "grads": the .grad left by the last backward of each parameter that has one}."""
+    return {"params": method.state_dict(),
+            "grads": {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}}
+
+
+def assert_ddp_matches(r0: dict, r1: dict, ref: dict) -> None:
+    """Rank 0 and 1 bitwise equal; both equal the one-process reference (last gradients and parameters) to float
+    summation-order noise. Run with ``build(..., sgd_lr=...)`` so a gradient off by a factor shows in both."""
+    assert set(r0["grads"]) == set(ref["grads"]) and ref["grads"], "different parameters received gradients"
+    for k, g in ref["grads"].items():
+        assert torch.equal(r0["grads"][k], r1["grads"][k]), f"replica gradients differ in {k}"
+        torch.testing.assert_close(r0["grads"][k], g, atol=1e-6 + 1e-4 * float(g.abs().max()), rtol=1e-4,
+                                   msg=lambda m, k=k: f"DDP gradient ≠ one process in {k}: {m}")
+    for k, v in ref["params"].items():
+        assert torch.equal(r0["params"][k], r1["params"][k]), f"replicas differ in {k}"
+        torch.testing.assert_close(r0["params"][k], v, atol=1e-6, rtol=1e-5,
+                                   msg=lambda m, k=k: f"DDP ≠ one process in {k}: {m}")
 
 
 def _free_port() -> int:

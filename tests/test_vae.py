@@ -7,7 +7,15 @@ import math
 
 import pytest
 import torch
-from generative_utils import FixedNoise, build, digits_uint8, run_gloo, small_cfg
+from generative_utils import (
+    FixedNoise,
+    assert_ddp_matches,
+    build,
+    digits_uint8,
+    params_and_grads,
+    run_gloo,
+    small_cfg,
+)
 
 from pretrain.generative.networks import ConvDecoder, upsampling_plan
 from pretrain.generative.vae_math import (
@@ -181,24 +189,23 @@ def _vae_rank(rank: int, world: int, out_dir: str) -> None:
 
     batches, noises = _ddp_inputs()
     rows = slice(rank * 32 // world, (rank + 1) * 32 // world)
-    method = build(_ddp_cfg(), total_steps=10, seed=rank, wrap=ddp_wrapper(torch.device("cpu")))
+    method = build(_ddp_cfg(), total_steps=10, seed=rank, wrap=ddp_wrapper(torch.device("cpu")), sgd_lr=1e-4)
     method.sample_noise = FixedNoise(noises, rows)
     for s, b in enumerate(batches):
         method.train_step({"views": [b[rows]]}, s)
-    torch.save(method.state_dict(), f"{out_dir}/rank{rank}.pt")
+    torch.save(params_and_grads(method), f"{out_dir}/rank{rank}.pt")
 
 
 @pytest.mark.timeout(180)
 def test_two_process_ddp_matches_one_process(tmp_path):
     run_gloo(_vae_rank, 2, str(tmp_path))
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    single = build(_ddp_cfg(), total_steps=10, seed=0)
+    single = build(_ddp_cfg(), total_steps=10, seed=0, sgd_lr=1e-4)
     batches, noises = _ddp_inputs()
     single.sample_noise = FixedNoise(noises)
     for s, b in enumerate(batches):
         single.train_step({"views": [b]}, s)
+    assert_ddp_matches(r0, r1, params_and_grads(single))
     init = build(_ddp_cfg(), total_steps=10, seed=0).state_dict()
-    for k, v in single.state_dict().items():
-        assert torch.equal(r0[k], r1[k]), f"replicas differ in {k}"
-        torch.testing.assert_close(r0[k], v, atol=2e-5, rtol=1e-4, msg=f"DDP ≠ one process in {k}")
-    assert any(not torch.equal(init[k], v) for k, v in r0.items())
+    assert set(r0["params"]) == set(init) and not any(k.startswith("_") for k in init)
+    assert any(not torch.equal(init[k], v) for k, v in r0["params"].items())

@@ -77,8 +77,8 @@ class GAN(PretrainMethod):
                           "Lipschitz function of x; prefer model.norm=none or group", stacklevel=2)
         self.discriminator = Discriminator(create_encoder(m.encoder, small_stem=m.small_stem, norm=m.norm))
         self.generator = Generator(g.latent_dim, cfg.data.image_size, g.gen_width, g.gen_norm)
-        self._d_train: nn.Module = self.discriminator
-        self._g_train: nn.Module = self.generator
+        object.__setattr__(self, "_d_train", self.discriminator)  # the (DDP-)wrapped views, set in configure;
+        object.__setattr__(self, "_g_train", self.generator)      # unregistered, so state_dict has each net once
         self._device = torch.device("cpu")
         self._scaler = LossScaler("fp32", self._device)
         if self.kind == "wgan":

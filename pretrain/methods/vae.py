@@ -76,7 +76,7 @@ class VAE(PretrainMethod):
         super().__init__()
         self.cfg = cfg
         self.net = VAENet(cfg)
-        self._train_net: nn.Module = self.net
+        object.__setattr__(self, "_train_net", self.net)  # the (DDP-)wrapped view, set in configure; unregistered
         self._device = torch.device("cpu")
         self._scaler = LossScaler("fp32", self._device)
         self._last_images: torch.Tensor | None = None
