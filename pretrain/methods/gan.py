@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -65,6 +65,7 @@ class Generator(nn.Module):
 
 class GAN(PretrainMethod):
     num_views = 1
+    augment: ClassVar[bool] = False  # model the images as they are: the stream's SimCLR views off
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -71,6 +71,7 @@ class VAENet(nn.Module):
 
 class VAE(PretrainMethod):
     num_views = 1
+    augment: ClassVar[bool] = False  # model the images as they are: the stream's SimCLR views off
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__()
