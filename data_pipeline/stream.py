@@ -1,0 +1,321 @@
+"""The training stream: shards → (rank, worker) plan → seeded shuffle buffer → decode → views → batches.
+
+    spec = StreamSpec(source="shards/", batch_size=256)
+    loader = make_loader(spec, rank=r, world_size=W, epoch=e, start_batch=b)
+    len(loader)          # batches this loader yields: plan.steps − b, the same on every rank
+    for batch in loader: # {"views": [uint8 [n,3,S,S]] * num_views, "label": int64 [n], "key": [str], "index": int}
+    loader.stats         # {"bad": {kind: n}, "repeated", "dropped", "seen", "batches", "bad_examples"}
+
+Every worker executes its part of :func:`data_pipeline.plan.make_plan` (the same function `bigbatch shards
+plan` prints). Its samples pass a shuffle buffer whose output order is precomputed from (seed, epoch, rank,
+worker), so resuming at batch b reads past the first samples without decoding them and yields exactly the
+batches the uninterrupted stream would. A bad sample (see badinput.py) is replaced in its batch by a good one
+of the same batch (counted as repeated; keeps every rank's batch count and size), or, in the non-equalized
+probe pass, left out. Workers send per-batch stats deltas with each batch; the loader sums them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_pipeline.badinput import BadInputCounter, BadInputError, empty_stats, merge_stats
+from data_pipeline.decode import UndecodableImage, decode, decode_reduced, image_member, image_size
+from data_pipeline.manifest import Manifest, resolve_shards
+from data_pipeline.plan import EpochPlan, WorkerPlan, make_plan, shuffle_order
+from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
+from data_pipeline.views import ViewRecipe, center_view, make_views, sample_seed
+
+
+@dataclass
+class StreamSpec:
+    source: Any                     # dir/URL with manifest.json, manifest URL, brace pattern, list of URLs, Manifest
+    batch_size: int                 # per rank
+    num_views: int = 2
+    augment: bool = True
+    image_size: int = 32
+    blur: bool | None = None        # None: on above 32 px
+    mode: Literal["exact", "resampled"] = "exact"
+    seed: int = 0
+    shuffle: bool = True
+    shuffle_buffer: int = 2000
+    num_workers: int = 1
+    max_bad_fraction: float = 0.01
+    equalize: bool = True
+    remainder: Literal["repeat", "drop"] = "repeat"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recipe(self) -> ViewRecipe:
+        return ViewRecipe(size=self.image_size, blur=self.blur)
+
+
+_MANIFESTS: dict[str, Manifest] = {}
+
+
+def load_source(source: Any) -> Manifest:
+    """Resolve (and cache per process) the manifest of a stream source."""
+    if isinstance(source, Manifest):
+        return source
+    key = repr(source)
+    if key not in _MANIFESTS:
+        _MANIFESTS[key] = resolve_shards(source)
+    return _MANIFESTS[key]
+
+
+def plan_for(spec: StreamSpec, manifest: Manifest, world_size: int, epoch: int) -> EpochPlan:
+    return make_plan([s.samples for s in manifest.shards], world_size=world_size, num_workers=spec.num_workers,
+                     batch_size=spec.batch_size, epoch=epoch, seed=spec.seed, mode=spec.mode, shuffle=spec.shuffle,
+                     equalize=spec.equalize, remainder=spec.remainder)
+
+
+@dataclass
+class _Raw:
+    shard: str
+    key: str
+    label: int
+    lap: int
+    ext: str = ""
+    data: bytes | None = None
+    bad: str = ""                  # bad-input kind, if any
+    detail: str = ""
+
+
+class WorkerStream:
+    """One worker's part of the plan: yields batch dicts for its batches from ``start_batch`` on."""
+
+    def __init__(self, spec: StreamSpec, manifest: Manifest, wp: WorkerPlan, epoch: int, start_batch: int) -> None:
+        self.spec, self.manifest, self.wp, self.epoch = spec, manifest, wp, epoch
+        self.first = sum(1 for i in wp.batch_ids if i < start_batch)  # batches of this worker to skip
+        self.bad = BadInputCounter(wp.samples, spec.max_bad_fraction)
+
+    def _items(self) -> list[tuple[int, int, int]]:
+        """(segment index, position in shard, lap) of every input, in reading order."""
+        return [(si, pos, seg.lap) for si, seg in enumerate(self.wp.segments) for pos in range(seg.start, seg.stop)]
+
+    def _read(self, items: list[tuple[int, int, int]], needed: np.ndarray) -> Iterator[tuple[int, _Raw]]:
+        """Inputs in order as (input index, raw sample); only needed ones carry data."""
+        q = 0
+        for si, seg in enumerate(self.wp.segments):
+            url = self.manifest.url(seg.shard)
+            info = self.manifest.shards[seg.shard]
+            base = q
+            want = needed[base: base + seg.samples]
+            if not want.any():
+                q += seg.samples
+                continue
+            got = seg.start
+            failure, detail = "", ""
+            try:
+                def wanted(p: int, a: int = seg.start, b: int = seg.stop, w: np.ndarray = want) -> bool:
+                    return a <= p < b and bool(w[p - a])
+
+                for pos, key, files in iter_grouped(url, want=wanted):
+                    if pos < seg.start:
+                        continue
+                    if pos >= seg.stop:
+                        break
+                    got = pos + 1
+                    label = int(files["cls"]) if files.get("cls") else (info.labels[pos] if pos < len(info.labels) else -1)
+                    raw = _Raw(info.name, key, label, seg.lap)
+                    if want[pos - seg.start]:
+                        member = image_member(files)
+                        if member is None:
+                            raw.bad = "missing_image"
+                        else:
+                            raw.ext, raw.data = member
+                    yield base + pos - seg.start, raw
+                    if got >= seg.stop:
+                        break
+            except UnreadableShard as exc:
+                failure, detail = "unreadable_shard", str(exc)
+            except TruncatedShard as exc:
+                failure, detail = "truncated_tar", str(exc)
+            if got < seg.stop and not failure:
+                failure = "empty_shard" if got == 0 and seg.start == 0 else "truncated_tar"
+                detail = f"{got} of {info.samples} samples"
+            for pos in range(got, seg.stop):
+                key = info.keys[pos] if pos < len(info.keys) else f"#{pos}"
+                yield base + pos - seg.start, _Raw(info.name, key, -1, seg.lap, bad=failure, detail=detail)
+            q += seg.samples
+            _ = si
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        spec, wp = self.spec, self.wp
+        items = self._items()
+        n = len(items)
+        if spec.shuffle:
+            rng = np.random.default_rng([spec.seed, self.epoch, wp.rank, wp.worker, 0x5B0F])
+            order = shuffle_order(n, spec.shuffle_buffer, rng)
+        else:
+            order = list(range(n))
+        skip = sum(wp.batch_sizes[: self.first])
+        needed = np.zeros(n, dtype=bool)
+        needed[order[skip:]] = True
+        reader = self._read(items, needed)
+        pending: dict[int, _Raw] = {}
+        out = skip
+        for b in range(self.first, len(wp.batch_ids)):
+            size = wp.batch_sizes[b]
+            raws = []
+            for q in order[out: out + size]:
+                while q not in pending:
+                    idx, raw = next(reader)
+                    if needed[idx]:
+                        pending[idx] = raw
+                raws.append(pending.pop(q))
+            out += size
+            yield self._batch(wp.batch_ids[b], raws)
+
+    def _batch(self, index: int, raws: list[_Raw]) -> dict[str, Any]:
+        spec = self.spec
+        delta = empty_stats()
+        images: list[torch.Tensor | None] = []
+        sizes: list[tuple[int, int]] = []
+        scale: list[tuple[float, float]] | None = None
+        large = spec.augment and spec.image_size > 64
+        for raw in raws:
+            img = None
+            if not raw.bad:
+                try:
+                    if large and raw.ext in ("jpg", "jpeg"):
+                        img, hw = self._decode_reduced(raw)
+                        scale = scale or []
+                    else:
+                        img = decode(raw.data)
+                        hw = (img.shape[1], img.shape[2])
+                except UndecodableImage as exc:
+                    raw.bad, raw.detail = "undecodable_image", str(exc)
+            if raw.bad:
+                self._count_bad(delta, raw)
+                images.append(None)
+                sizes.append((0, 0))
+            else:
+                images.append(img)
+                sizes.append(hw)
+        good = [i for i, im in enumerate(images) if im is not None]
+        keep = list(range(len(raws)))
+        if len(good) < len(raws):
+            if not spec.equalize and spec.mode == "exact":
+                keep = good
+            else:
+                if not good:
+                    raise BadInputError(f"batch {index}: no decodable sample to fill it (last: {raws[-1].shard}/{raws[-1].key})")
+                subs = 0
+                for i in range(len(raws)):
+                    if images[i] is None:
+                        j = good[subs % len(good)]
+                        subs += 1
+                        images[i], sizes[i] = images[j], sizes[j]
+                        raws[i] = copy.copy(raws[j])
+                        raws[i].lap = raws[j].lap + 1000 * subs
+                delta["repeated"] += subs
+        raws = [raws[i] for i in keep]
+        imgs = [images[i] for i in keep]
+        if scale is not None:
+            scale = [(im.shape[1] / hw[0], im.shape[2] / hw[1]) for im, hw in zip(imgs, [sizes[i] for i in keep], strict=True)]
+        delta["seen"] = len(raws)
+        delta["batches"] = 1
+        seeds = np.array([sample_seed(spec.seed, self.epoch, r.key, r.lap) for r in raws], dtype=np.uint64)
+        if spec.augment:
+            views = make_views(imgs, seeds, spec.recipe, spec.num_views,
+                               sizes=np.array([sizes[i] for i in keep], dtype=np.int64).reshape(-1, 2), scale=scale)
+        else:
+            v = center_view(imgs, spec.image_size)
+            views = [v] * spec.num_views
+        return {"views": views, "label": torch.tensor([r.label for r in raws], dtype=torch.long),
+                "key": [r.key for r in raws], "index": index, "stats": delta}
+
+    def _decode_reduced(self, raw: _Raw) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Decode at the largest JPEG reduction that keeps every view's crop at ≥ the output size."""
+        h, w = image_size(raw.data)
+        seed = np.array([sample_seed(self.spec.seed, self.epoch, raw.key, raw.lap)], dtype=np.uint64)
+        from data_pipeline.views import draw_params
+
+        p = draw_params(seed, np.array([[h, w]]), self.spec.recipe, self.spec.num_views)
+        shrink = float(np.minimum(p.height, p.width).min()) / self.spec.image_size
+        reduce = 8 if shrink >= 8 else 4 if shrink >= 4 else 2 if shrink >= 2 else 1
+        return decode_reduced(raw.data, reduce), (h, w)
+
+    def _count_bad(self, delta: dict[str, Any], raw: _Raw) -> None:
+        delta["bad"][raw.bad] += 1
+        if len(delta["bad_examples"]) < 5:
+            delta["bad_examples"].append(f"{raw.bad}: {raw.shard}/{raw.key}" + (f" ({raw.detail})" if raw.detail else ""))
+        self.bad.add(raw.bad, raw.shard, raw.key, detail=raw.detail)
+
+
+class _PlanDataset(IterableDataset):
+    def __init__(self, spec: StreamSpec, manifest: Manifest, plan: EpochPlan, rank: int, start_batch: int) -> None:
+        super().__init__()
+        self.spec, self.manifest, self.plan, self.rank, self.start_batch = spec, manifest, plan, rank, start_batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        wp = self.plan.ranks[self.rank].workers[worker]
+        if info is None and len(self.plan.ranks[self.rank].workers) > 1:
+            raise RuntimeError("a multi-worker plan iterated in-process")
+        yield from WorkerStream(self.spec, self.manifest, wp, self.plan.epoch, self.start_batch)
+
+
+class ShardLoader:
+    """Iterable of this rank's batches for one epoch (see the module docstring)."""
+
+    def __init__(self, spec: StreamSpec, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.spec, self.rank, self.world_size, self.epoch = spec, rank, world_size, epoch
+        self.manifest = load_source(spec.source)
+        self.plan = plan_for(spec, self.manifest, world_size, epoch)
+        self.rank_plan = self.plan.ranks[rank]
+        self.steps_per_epoch = self.rank_plan.steps
+        self.start_batch = min(max(0, start_batch), self.steps_per_epoch)
+        self.stats = empty_stats()
+        self.stats["repeated"] = self.rank_plan.repeated  # planned repeats; bad-sample substitutes add to it
+        self.stats["dropped"] = self.plan.dropped if rank == 0 else 0
+        self.position = self.start_batch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_batch
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest.classes
+
+    def state(self) -> dict[str, int]:
+        """The position to resume from: ``make_loader(..., epoch=state['epoch'], start_batch=state['batch'])``."""
+        return {"epoch": self.epoch, "batch": self.position}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        k = self.spec.num_workers
+        ds = _PlanDataset(self.spec, self.manifest, self.plan, self.rank, self.start_batch)
+        if k > 0:
+            loader = DataLoader(ds, batch_size=None, num_workers=k, persistent_workers=False,
+                                prefetch_factor=2, multiprocessing_context=_mp_context())
+        else:
+            loader = ds
+        expected = self.start_batch
+        for batch in loader:
+            merge_stats(self.stats, batch.pop("stats"))
+            if batch["index"] != expected:
+                raise RuntimeError(f"stream out of order: got batch {batch['index']}, expected {expected}")
+            expected += 1
+            self.position = expected
+            yield batch
+
+
+def _mp_context():
+    import multiprocessing as mp
+
+    return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+
+
+def make_loader(spec: StreamSpec, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0) -> ShardLoader:
+    """This rank's stream for ``epoch`` from batch ``start_batch`` on."""
+    return ShardLoader(spec, rank=rank, world_size=world_size, epoch=epoch, start_batch=start_batch)

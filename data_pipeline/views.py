@@ -1,0 +1,286 @@
+"""SimCLR views, batched: one decode per image, every random draw keyed by (seed, epoch, sample key).
+
+Recipe (Chen et al. 2020): random resized crop (area 0.08–1, aspect 3/4–4/3) → horizontal flip (p=0.5) →
+colour jitter (brightness, contrast, saturation 0.8s, hue 0.2s, random order, p=0.8) → grayscale (p=0.2) →
+Gaussian blur (kernel ≈ 10% of the side, σ ∈ [0.1, 2], p=0.5; off by default at ≤ 32 px).
+Each op follows the definition of the matching ``torchvision.transforms.v2.functional`` op (tests compare
+them), but runs on a whole batch with per-view parameters: crop+resize+flip is one ``grid_sample`` (same-size
+images) or ``v2.functional.resized_crop`` per view (mixed sizes), the colour ops are batched tensor maths.
+The parameters come from a counter-based generator (splitmix64 of a per-sample seed), so a sample's views
+are the same whatever the number of ranks, workers, or where the stream resumed.
+Output: uint8 ``[n, 3, S, S]`` per view; models take ``to_float(x) = x / 255``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+GRAY = (0.2989, 0.587, 0.114)  # the ITU-R 601 weights torchvision uses
+_U = 40                          # uniforms per view
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images → float32 in [0, 1]."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    size: int = 32
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    strength: float = 1.0
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur: bool | None = None          # None: on above 32 px
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    @property
+    def blur_on(self) -> bool:
+        return self.size > 32 if self.blur is None else self.blur
+
+    @property
+    def blur_kernel(self) -> int:
+        """Odd kernel ≈ 10% of the side (23 at 224 px)."""
+        return max(3, int(0.1 * self.size) // 2 * 2 + 1)
+
+
+def sample_seed(seed: int, epoch: int, key: str, lap: int = 0) -> int:
+    """A 64-bit seed per (seed, epoch, key, lap)."""
+    h = hashlib.blake2b(f"{seed}\x1f{epoch}\x1f{key}\x1f{lap}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little")
+
+
+def uniforms(seeds: np.ndarray, count: int) -> np.ndarray:
+    """``[len(seeds), count]`` uniforms in [0, 1): the splitmix64 stream of each seed (counter-based)."""
+    with np.errstate(over="ignore"):
+        s = seeds.astype(np.uint64)[:, None] + np.uint64(0x9E3779B97F4A7C15) * np.arange(1, count + 1, dtype=np.uint64)
+        s = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        s = (s ^ (s >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        s = s ^ (s >> np.uint64(31))
+    return (s >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+@dataclass
+class ViewParams:
+    """Per-view parameters (arrays of length m = views × images, view-major)."""
+
+    top: np.ndarray
+    left: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    flip: np.ndarray
+    jitter: np.ndarray
+    factors: np.ndarray   # [m, 4]: brightness, contrast, saturation, hue
+    order: np.ndarray     # [m, 4]: op order
+    gray: np.ndarray
+    blur: np.ndarray
+    sigma: np.ndarray
+
+
+def draw_params(seeds: np.ndarray, sizes: np.ndarray, recipe: ViewRecipe, num_views: int) -> ViewParams:
+    """Parameters of ``num_views`` views of n images with ``sizes[i] = (H, W)`` (torchvision's crop sampling:
+    10 tries of (area, log-aspect), else a centre crop clamped to the aspect range)."""
+    n = len(seeds)
+    u = uniforms(seeds, _U * num_views).reshape(n, num_views, _U).transpose(1, 0, 2).reshape(n * num_views, _U)
+    hh = np.tile(sizes[:, 0], num_views).astype(np.float64)
+    ww = np.tile(sizes[:, 1], num_views).astype(np.float64)
+    area = (hh * ww)[:, None]
+    target = area * (recipe.scale[0] + (recipe.scale[1] - recipe.scale[0]) * u[:, 0:10])
+    lr0, lr1 = math.log(recipe.ratio[0]), math.log(recipe.ratio[1])
+    aspect = np.exp(lr0 + (lr1 - lr0) * u[:, 10:20])
+    cw = np.round(np.sqrt(target * aspect))
+    ch = np.round(np.sqrt(target / aspect))
+    ok = (cw > 0) & (ch > 0) & (cw <= ww[:, None]) & (ch <= hh[:, None])
+    first = ok.argmax(1)
+    rows = np.arange(len(u))
+    w = cw[rows, first]
+    h = ch[rows, first]
+    found = ok.any(1)
+    # fallback: the whole image, clamped to the aspect range, centred
+    in_ratio = ww / hh
+    fw = np.where(in_ratio < recipe.ratio[0], ww, np.where(in_ratio > recipe.ratio[1], np.round(hh * recipe.ratio[1]), ww))
+    fh = np.where(in_ratio < recipe.ratio[0], np.round(ww / recipe.ratio[0]), hh)
+    w = np.where(found, w, fw)
+    h = np.where(found, h, fh)
+    top = np.where(found, np.floor(u[:, 20] * (hh - h + 1)), (hh - h) // 2)
+    left = np.where(found, np.floor(u[:, 21] * (ww - w + 1)), (ww - w) // 2)
+    s = recipe.strength
+    lo = np.array([max(0.0, 1 - 0.8 * s)] * 3 + [-0.2 * s])
+    hi = np.array([1 + 0.8 * s] * 3 + [0.2 * s])
+    return ViewParams(
+        top=top.astype(np.int64), left=left.astype(np.int64), height=h.astype(np.int64), width=w.astype(np.int64),
+        flip=u[:, 22] < recipe.flip_p, jitter=u[:, 23] < recipe.jitter_p,
+        factors=lo + (hi - lo) * u[:, 24:28], order=np.argsort(u[:, 28:32], axis=1),
+        gray=u[:, 32] < recipe.gray_p, blur=(u[:, 33] < recipe.blur_p) & recipe.blur_on,
+        sigma=recipe.blur_sigma[0] + (recipe.blur_sigma[1] - recipe.blur_sigma[0]) * u[:, 34])
+
+
+# ---- colour ops on float [k, 3, H, W] in [0, 1] with per-image factors [k] ----------------------------------
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (GRAY[0] * x[:, 0:1] + GRAY[1] * x[:, 1:2] + GRAY[2] * x[:, 2:3])
+
+
+def _col(f: torch.Tensor) -> torch.Tensor:
+    return f.view(-1, 1, 1, 1)
+
+
+def brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * _col(f)).clamp_(0, 1)
+
+
+def contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+    return (x * _col(f) + (1 - _col(f)) * mean).clamp_(0, 1)
+
+
+def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * _col(f) + (1 - _col(f)) * _gray(x)).clamp_(0, 1)
+
+
+def hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue by ``f`` turns (f ∈ [-0.5, 0.5])."""
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(maxc == r, (g - b) / safe,
+                    torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    h = torch.where(delta > 0, h, torch.zeros_like(h))
+    h6 = torch.remainder(h + 6.0 * f.view(-1, 1, 1), 6.0)
+    chroma = delta  # = v * s
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h6 + n, 6.0)
+        out.append(maxc - chroma * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+_OPS = (brightness, contrast, saturation, hue)
+
+
+def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """``[k, size]`` normalised 1-D Gaussians."""
+    half = (size - 1) / 2
+    t = torch.linspace(-half, half, size)
+    g = torch.exp(-0.5 * (t[None] / sigma[:, None]) ** 2)
+    return g / g.sum(1, keepdim=True)
+
+
+def blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """Separable Gaussian blur, reflect padding, one σ per image."""
+    k, c, h, w = x.shape
+    g = gaussian_kernels(sigma, size).repeat_interleave(c, 0)  # [k*c, size]
+    y = F.pad(x.reshape(1, k * c, h, w), (size // 2,) * 4, mode="reflect")
+    y = F.conv2d(y, g.view(k * c, 1, 1, size), groups=k * c)
+    y = F.conv2d(y, g.view(k * c, 1, size, 1), groups=k * c)
+    return y.view(k, c, h, w)
+
+
+def colour(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
+    """Jitter (random order per view) → grayscale → blur, in place on float ``x``."""
+    factors = torch.from_numpy(p.factors).float()
+    for pos in range(4):
+        for op in range(4):
+            sel = np.flatnonzero(p.jitter & (p.order[:, pos] == op))
+            if len(sel):
+                idx = torch.from_numpy(sel)
+                x[idx] = _OPS[op](x[idx], factors[idx, op])
+    sel = np.flatnonzero(p.gray)
+    if len(sel):
+        idx = torch.from_numpy(sel)
+        x[idx] = _gray(x[idx]).expand(-1, 3, -1, -1)
+    sel = np.flatnonzero(p.blur)
+    if len(sel):
+        idx = torch.from_numpy(sel)
+        x[idx] = blur(x[idx], torch.from_numpy(p.sigma[sel]).float(), recipe.blur_kernel)
+    return x
+
+
+# ---- crop + resize + flip --------------------------------------------------------------------------------------
+
+def crop_same_size(images: torch.Tensor, src: np.ndarray, p: ViewParams, size: int) -> torch.Tensor:
+    """Batched bilinear resized crop + flip of same-size images ``[n, 3, H, W]`` → float ``[m, 3, S, S]``
+    (equal to torchvision's bilinear resize of the crop when upsampling; no antialias)."""
+    n, _, hgt, wid = images.shape
+    a_x = torch.from_numpy(p.width / wid).float()
+    a_y = torch.from_numpy(p.height / hgt).float()
+    b_x = torch.from_numpy((2 * p.left + p.width) / wid - 1).float()
+    b_y = torch.from_numpy((2 * p.top + p.height) / hgt - 1).float()
+    a_x = torch.where(torch.from_numpy(p.flip), -a_x, a_x)
+    theta = torch.zeros(len(src), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = a_x, b_x, a_y, b_y
+    grid = F.affine_grid(theta, [len(src), 3, size, size], align_corners=False)
+    x = images.float()[torch.from_numpy(src)]
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False).div_(255.0)
+
+
+def crop_each(images: list[torch.Tensor], src: np.ndarray, p: ViewParams, size: int,
+              scale: list[tuple[float, float]] | None = None) -> torch.Tensor:
+    """Per-view ``v2.functional.resized_crop`` (antialiased) + flip for images of mixed sizes; ``scale[i]``
+    maps original-size crop boxes onto a reduced decode of image i."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out = torch.empty(len(src), 3, size, size)
+    for t, i in enumerate(src.tolist()):
+        sy, sx = scale[i] if scale else (1.0, 1.0)
+        img = images[i]
+        top, left = int(p.top[t] * sy), int(p.left[t] * sx)
+        h = max(1, min(int(round(p.height[t] * sy)), img.shape[1] - top))
+        w = max(1, min(int(round(p.width[t] * sx)), img.shape[2] - left))
+        v = TF.resized_crop(img.unsqueeze(0).float(), top, left, h, w, [size, size], antialias=True)[0]
+        out[t] = v.flip(-1) if p.flip[t] else v
+    return out.clamp_(0, 255).div_(255.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def make_views(images: list[torch.Tensor], seeds: np.ndarray, recipe: ViewRecipe, num_views: int = 2,
+               sizes: np.ndarray | None = None, scale: list[tuple[float, float]] | None = None,
+               chunk_pixels: int = 1 << 21) -> list[torch.Tensor]:
+    """``num_views`` uint8 tensors ``[n, 3, S, S]`` of n decoded uint8 images ``[3, H, W]``; ``sizes`` (H, W) of the
+    original images when ``images`` were decoded reduced by ``scale`` (see decode.decode_reduced)."""
+    n, s = len(images), recipe.size
+    if sizes is None:
+        sizes = np.array([im.shape[1:] for im in images], dtype=np.int64).reshape(n, 2)
+    p = draw_params(seeds, sizes, recipe, num_views)
+    m = n * num_views
+    src = np.tile(np.arange(n), num_views)
+    same = scale is None and bool((sizes == sizes[0]).all())
+    stacked = torch.stack(images) if same else None
+    out = torch.empty(m, 3, s, s, dtype=torch.uint8)
+    step = max(1, chunk_pixels // (3 * s * s))
+    for a in range(0, m, step):
+        b = min(m, a + step)
+        pc = _slice(p, a, b)
+        x = crop_same_size(stacked, src[a:b], pc, s) if same else crop_each(images, src[a:b], pc, s, scale)
+        out[a:b] = to_uint8(colour(x, pc, recipe))
+    return list(out.view(num_views, n, 3, s, s).unbind(0))
+
+
+def _slice(p: ViewParams, a: int, b: int) -> ViewParams:
+    return ViewParams(**{k: v[a:b] for k, v in p.__dict__.items()})
+
+
+def center_view(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    """No augmentation: shorter side resized to ``size`` (antialiased), centre crop → uint8 ``[n, 3, S, S]``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out = []
+    for im in images:
+        if im.shape[1] != size or im.shape[2] != size:
+            im = TF.center_crop(TF.resize(im, [size], antialias=True), [size, size])
+        out.append(im)
+    return torch.stack(out) if out else torch.empty(0, 3, size, size, dtype=torch.uint8)
