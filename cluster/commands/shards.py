@@ -1,0 +1,113 @@
+"""`bigbatch shards write|inspect|plan`: make WebDataset shards, check them, and show an epoch's plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("shards", help="write, inspect and plan WebDataset shards")
+    sub = parser.add_subparsers(dest="shards", metavar="ACTION")
+
+    w = sub.add_parser("write", help="SOURCE → OUT_DIR/NAME-000000.tar … + manifest.json",
+                       description="SOURCE: an image folder (CLASS/NAME.jpg|png), 'digits' (scikit-learn's bundled "
+                                   "handwritten digits, stored as PNG) or torchvision:NAME:ROOT[:test] (on disk).")
+    w.add_argument("source")
+    w.add_argument("out_dir")
+    w.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    w.add_argument("--max-shard-mb", type=float, default=1024.0, help="bytes bound per shard, MB (default 1024)")
+    w.add_argument("--holdout", type=float, default=0.0, help="class-stratified held-out fraction (own shards)")
+    w.add_argument("--holdout-dir", default=None, help="where the holdout goes (default: OUT_DIR-holdout)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--name", default=None, help="shard name prefix (default: the source's name)")
+    w.set_defaults(func=run_write)
+
+    i = sub.add_parser("inspect", help="decode every sample: per-class counts, bad samples by kind")
+    i.add_argument("source", help="shard dir / manifest URL / brace pattern")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=run_inspect)
+
+    p = sub.add_parser("plan", help="which shards/samples/steps every rank and worker reads in an epoch")
+    p.add_argument("source", help="shard dir / manifest URL / brace pattern")
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
+    p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size")
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=("exact", "resampled"), default="exact")
+    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--no-equalize", action="store_true", help="the probe pass: each sample once, last batch partial")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_plan)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def run_write(args: argparse.Namespace) -> int:
+    from data_pipeline.writer import write_shards
+
+    m = write_shards(args.source, args.out_dir, shard_size=args.shard_size, holdout=args.holdout,
+                     holdout_dir=args.holdout_dir, seed=args.seed, name=args.name,
+                     max_shard_bytes=int(args.max_shard_mb * 2**20))
+    size = "x".join(map(str, m.image_size)) if m.image_size else f"{m.image_size_range} (mixed)"
+    print(f"{args.out_dir}: {m.num_samples} samples in {len(m.shards)} shards, {len(m.classes)} classes, "
+          f"image size {size}")
+    if args.holdout > 0:
+        from pathlib import Path
+
+        from data_pipeline.manifest import load_manifest
+
+        hdir = args.holdout_dir or str(Path(args.out_dir).with_name(Path(args.out_dir).name + "-holdout"))
+        h = load_manifest(hdir)
+        print(f"{hdir}: {h.num_samples} held-out samples in {len(h.shards)} shards")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from data_pipeline.audit import inspect_shards
+
+    r = inspect_shards(args.source)
+    if args.json:
+        print(json.dumps(r))
+        return 0 if r["bad_total"] == 0 and not r["checksum_mismatch"] else 1
+    print(f"{r['source']}: {r['shards']} shards, {r['samples_good']} good of {r['samples_expected']} samples; "
+          f"image sizes {r['image_sizes']}")
+    print(f"{'class':<20}{'samples':>9}")
+    for cls, n in r["per_class"].items():
+        print(f"{cls:<20}{n:>9}")
+    print(f"{'bad input':<20}{'samples':>9}")
+    for kind, n in r["bad"].items():
+        print(f"{kind:<20}{n:>9}")
+    for ex in r["bad_examples"]:
+        print(f"  {ex}")
+    if r["checksum_mismatch"]:
+        print(f"sha256 mismatch: {', '.join(r['checksum_mismatch'])}")
+    return 0 if r["bad_total"] == 0 and not r["checksum_mismatch"] else 1
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from data_pipeline.stream import StreamSpec, load_source, plan_for
+
+    spec = StreamSpec(source=args.source, batch_size=args.batch_size, num_workers=args.workers, seed=args.seed,
+                      mode=args.mode, shuffle=not args.no_shuffle, equalize=not args.no_equalize)
+    manifest = load_source(args.source)
+    plan = plan_for(spec, manifest, args.world_size, args.epoch)
+    if args.json:
+        d = plan.to_json()
+        for r in d["ranks"]:
+            for w in r["workers"]:
+                for s in w["segments"]:
+                    s["name"] = manifest.shards[s["shard"]].name
+        print(json.dumps(d))
+        return 0
+    print(f"{manifest.num_samples} samples in {len(manifest.shards)} shards; mode {plan.mode}, epoch {plan.epoch}, "
+          f"seed {plan.seed}; world size {plan.world_size} × {plan.num_workers} workers, batch {plan.batch_size}/rank")
+    print(f"steps per rank: {plan.steps}; repeated {plan.repeated}, dropped {plan.dropped} samples")
+    print(f"{'rank':>4} {'worker':>6} {'steps':>5} {'samples':>7} {'repeat':>6}  shards [start:stop]")
+    for r in plan.ranks:
+        for w in r.workers:
+            segs = " ".join(f"{manifest.shards[s.shard].name}[{s.start}:{s.stop}]" + ("*" if s.lap else "")
+                            for s in w.segments)
+            print(f"{r.rank:>4} {w.worker:>6} {len(w.batch_ids):>5} {w.samples:>7} {w.repeated:>6}  {segs}")
+    print("(* = repeated samples that equalise the steps)" if plan.repeated else "")
+    return 0
