@@ -148,22 +148,22 @@ def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 
 def hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue by ``f`` turns (f ∈ [-0.5, 0.5])."""
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(maxc == r, (g - b) / safe,
-                    torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    h = torch.where(delta > 0, h, torch.zeros_like(h))
-    h6 = torch.remainder(h + 6.0 * f.view(-1, 1, 1), 6.0)
-    chroma = delta  # = v * s
-    out = []
-    for n in (5.0, 3.0, 1.0):
+    """Rotate the HSV hue by ``f`` turns (f ∈ [-0.5, 0.5]); value and saturation are kept."""
+    r, g, b = x.unbind(1)
+    maxc = torch.amax(x, dim=1)
+    minc = torch.amin(x, dim=1)
+    chroma = maxc - minc                                    # = v·s
+    inv = torch.where(chroma > 0, chroma, 1.0).reciprocal_()
+    # hue in sixths: r max → (g−b)/c, g max → 2 + (b−r)/c, b max → 4 + (r−g)/c
+    h6 = torch.where(maxc == r, (g - b).mul_(inv),
+                     torch.where(maxc == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)))
+    h6.add_(6.0 * f.view(-1, 1, 1) + 6.0)
+    out = torch.empty_like(x)
+    for ch, n in enumerate((5.0, 3.0, 1.0)):
         k = torch.remainder(h6 + n, 6.0)
-        out.append(maxc - chroma * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
-    return torch.stack(out, dim=1)
+        k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.sub(maxc, k.mul_(chroma), out=out[:, ch])
+    return out
 
 
 _OPS = (brightness, contrast, saturation, hue)
@@ -209,19 +209,32 @@ def colour(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
 
 # ---- crop + resize + flip --------------------------------------------------------------------------------------
 
+def _coords(start: np.ndarray, length: np.ndarray, size: int, extent: int,
+            flip: np.ndarray | None = None) -> torch.Tensor:
+    """``[m, size]`` normalised (align_corners=False) source coordinates of the crop [start, start+length)
+    resized to ``size`` samples, clamped to the crop's outer pixel centres (as resizing the cropped tensor
+    does); reversed where ``flip``."""
+    o = np.arange(size, dtype=np.float64)[None] + 0.5
+    src = start[:, None] + np.clip(o * (length[:, None] / size) - 0.5, 0.0, None)
+    src = np.minimum(src, (start + length - 1)[:, None].astype(np.float64))
+    if flip is not None:
+        src = np.where(flip[:, None], src[:, ::-1], src)
+    return torch.from_numpy(((2 * src + 1) / extent - 1).astype(np.float32))
+
+
 def crop_same_size(images: torch.Tensor, src: np.ndarray, p: ViewParams, size: int) -> torch.Tensor:
-    """Batched bilinear resized crop + flip of same-size images ``[n, 3, H, W]`` → float ``[m, 3, S, S]``
-    (equal to torchvision's bilinear resize of the crop when upsampling; no antialias)."""
-    n, _, hgt, wid = images.shape
-    a_x = torch.from_numpy(p.width / wid).float()
-    a_y = torch.from_numpy(p.height / hgt).float()
-    b_x = torch.from_numpy((2 * p.left + p.width) / wid - 1).float()
-    b_y = torch.from_numpy((2 * p.top + p.height) / hgt - 1).float()
-    a_x = torch.where(torch.from_numpy(p.flip), -a_x, a_x)
-    theta = torch.zeros(len(src), 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = a_x, b_x, a_y, b_y
-    grid = F.affine_grid(theta, [len(src), 3, size, size], align_corners=False)
-    x = images.float()[torch.from_numpy(src)]
+    """Batched bilinear resized crop + flip of same-size float images ``[n, 3, H, W]`` (0..255) → float
+    ``[m, 3, S, S]`` in [0, 1]: one ``grid_sample`` on a separable grid. Equals ``v2.functional.resized_crop``
+    (bilinear) when upsampling; it does not antialias when shrinking (make_views sends those views to
+    :func:`crop_each`)."""
+    n, c, hgt, wid = images.shape
+    m = len(src)
+    gy = _coords(p.top, p.height, size, hgt)
+    gx = _coords(p.left, p.width, size, wid, p.flip)
+    grid = torch.empty(m, size, size, 2)
+    grid[..., 0] = gx[:, None, :]
+    grid[..., 1] = gy[:, :, None]
+    x = images[torch.from_numpy(src)]
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False).div_(255.0)
 
 
@@ -249,7 +262,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def make_views(images: list[torch.Tensor], seeds: np.ndarray, recipe: ViewRecipe, num_views: int = 2,
                sizes: np.ndarray | None = None, scale: list[tuple[float, float]] | None = None,
-               chunk_pixels: int = 1 << 21) -> list[torch.Tensor]:
+               chunk_pixels: int = 1 << 19) -> list[torch.Tensor]:
     """``num_views`` uint8 tensors ``[n, 3, S, S]`` of n decoded uint8 images ``[3, H, W]``; ``sizes`` (H, W) of the
     original images when ``images`` were decoded reduced by ``scale`` (see decode.decode_reduced)."""
     n, s = len(images), recipe.size
@@ -259,19 +272,33 @@ def make_views(images: list[torch.Tensor], seeds: np.ndarray, recipe: ViewRecipe
     m = n * num_views
     src = np.tile(np.arange(n), num_views)
     same = scale is None and bool((sizes == sizes[0]).all())
-    stacked = torch.stack(images) if same else None
+    stacked = torch.stack(images).float() if same else None
+    shrink = (p.height > s) | (p.width > s) if same else np.ones(m, dtype=bool)  # antialiased per-view path
     out = torch.empty(m, 3, s, s, dtype=torch.uint8)
-    step = max(1, chunk_pixels // (3 * s * s))
+    step = max(16, chunk_pixels // (3 * s * s))
     for a in range(0, m, step):
         b = min(m, a + step)
         pc = _slice(p, a, b)
-        x = crop_same_size(stacked, src[a:b], pc, s) if same else crop_each(images, src[a:b], pc, s, scale)
+        if not shrink[a:b].any():
+            x = crop_same_size(stacked, src[a:b], pc, s)
+        elif shrink[a:b].all():
+            x = crop_each(images, src[a:b], pc, s, scale)
+        else:
+            x = torch.empty(b - a, 3, s, s)
+            up = np.flatnonzero(~shrink[a:b])
+            down = np.flatnonzero(shrink[a:b])
+            x[torch.from_numpy(up)] = crop_same_size(stacked, src[a:b][up], _take(pc, up), s)
+            x[torch.from_numpy(down)] = crop_each(images, src[a:b][down], _take(pc, down), s, scale)
         out[a:b] = to_uint8(colour(x, pc, recipe))
     return list(out.view(num_views, n, 3, s, s).unbind(0))
 
 
 def _slice(p: ViewParams, a: int, b: int) -> ViewParams:
     return ViewParams(**{k: v[a:b] for k, v in p.__dict__.items()})
+
+
+def _take(p: ViewParams, idx: np.ndarray) -> ViewParams:
+    return ViewParams(**{k: v[idx] for k, v in p.__dict__.items()})
 
 
 def center_view(images: list[torch.Tensor], size: int) -> torch.Tensor:

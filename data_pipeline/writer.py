@@ -85,7 +85,7 @@ def _write_split(src: Source, indices: list[int], keys: list[str], out_dir: Path
 
     pattern = str(out_dir / f"{name}-%06d.tar")
     with ShardWriter(pattern, maxcount=shard_size, maxsize=max_shard_bytes, post=finished, verbose=0,
-                     encoder=False, mtime=0.0) as sink:
+                     encoder=False, mtime=0) as sink:
         for i in indices:
             data, ext = src.read(i)
             if shards and (sink.count >= sink.maxcount or sink.size >= sink.maxsize):
