@@ -1,0 +1,94 @@
+"""The same job on an existing multi-node Ray cluster: two Ray nodes started on this machine (127.0.0.1, one CPU
+each), `bigbatch pretrain --address` placing the two workers on different nodes, and `bigbatch submit` through the
+Ray Jobs API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CLUSTER_SCRIPT = r"""
+import json, sys
+from ray.cluster_utils import Cluster
+port = int(sys.argv[1])
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+            "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+c.wait_for_nodes()
+print(json.dumps({"address": c.address, "dashboard": f"http://127.0.0.1:{port}"}), flush=True)
+sys.stdin.read()          # the test closes stdin when it is done
+c.shutdown()
+"""
+
+# Ray picks the machine's routable IP for its nodes unless told otherwise; keep every server on loopback.
+# A submitted job runs `python` from the cluster's PATH: here, this test's interpreter.
+LOOPBACK_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, str(_free_port())], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=LOOPBACK_ENV)
+    try:
+        line = proc.stdout.readline()
+        info = json.loads(line)
+        yield info
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # our own child, by PID
+
+
+def _overrides(digits_shards, storage: Path, name: str) -> list[str]:
+    return ["model.encoder=bb_convnet_tiny", "model.proj_hidden=64", "model.proj_dim=32", "data.image_size=16",
+            f"data.train={digits_shards['train']}", f"data.probe_test={digits_shards['holdout']}", "batch_size=64",
+            "steps=6", "checkpoint_every=3", "log_every=2", "eval.probe=false", "cluster.workers=2",
+            "cluster.cpus_per_worker=1", f"cluster.storage_path={storage}", f"name={name}"]
+
+
+def test_workers_on_two_nodes(two_node_cluster, digits_shards, tmp_path):
+    cmd = [sys.executable, "-m", "cluster.cli", "pretrain", *_overrides(digits_shards, tmp_path, "twonode"),
+           "--address", two_node_cluster["address"], "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=LOOPBACK_ENV, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "twonode"
+    workers = json.loads((run_dir / "workers.json").read_text())
+    assert sorted(workers) == ["0", "1"]
+    assert workers["0"]["node_id"] != workers["1"]["node_id"]  # one CPU per node: one worker per node
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["final"]["step"] == 6 and summary["restarts"] == 0
+
+
+def test_submit_through_jobs_api(two_node_cluster, digits_shards, tmp_path):
+    t0 = time.time()
+    cmd = [sys.executable, "-m", "cluster.cli", "submit", *_overrides(digits_shards, tmp_path, "submitted"),
+           "--address", two_node_cluster["dashboard"], "--wait", "--timeout", "500"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=LOOPBACK_ENV, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "SUCCEEDED" in out.stdout and "run directory:" in out.stdout
+    assert json.loads((tmp_path / "submitted" / "train_summary.json").read_text())["final"]["step"] == 6
+    assert time.time() - t0 < 600
+
+
+def test_submit_rejects_bad_config_locally(two_node_cluster):
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "submit", "loss.name=bogus", "--address",
+                          two_node_cluster["dashboard"]], capture_output=True, text=True, env=LOOPBACK_ENV)
+    assert out.returncode == 2 and "loss.name" in out.stderr
