@@ -62,14 +62,15 @@ def ddp_wrapper(device: torch.device) -> Callable[[torch.nn.Module], torch.nn.Mo
     return lambda m: DDP(m, device_ids=ids, broadcast_buffers=False)
 
 
-def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+def _reduce_over_ranks(mean: dict[str, float], total: dict[str, float], device: torch.device) -> dict[str, float]:
+    """One all-reduce: ``mean`` entries averaged over ranks, ``total`` entries summed."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return {**mean, **total}
+    keys_m, keys_t = sorted(mean), sorted(total)
+    t = torch.tensor([mean[k] / world for k in keys_m] + [total[k] for k in keys_t], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist(), strict=True))
+    return dict(zip(keys_m + keys_t, t.tolist(), strict=True))
 
 
 class Trainer:
@@ -135,11 +136,13 @@ class Trainer:
                 window_steps += 1
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - window_t0
-                    last = _mean_over_ranks(metrics, self.device)
+                    stats = getattr(loader, "stats", {}) or {}
+                    last = _reduce_over_ranks(
+                        {**metrics, "data_wait_fraction": window_wait / elapsed},
+                        {"epoch_bad_samples": _bad_total(stats), "epoch_repeated_samples": stats.get("repeated", 0),
+                         "epoch_dropped_samples": stats.get("dropped", 0)}, self.device)
                     last.update(step=self.step, epoch=self.epoch, total_steps=self.total_steps,
-                                images_per_s=cfg.batch_size * window_steps / elapsed,
-                                data_wait_fraction=window_wait / elapsed,
-                                bad_samples_rank0=_bad_total(getattr(loader, "stats", {}) or {}))
+                                images_per_s=cfg.batch_size * window_steps / elapsed)
                     self.hooks.log(dict(last))
                     window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
                 if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
@@ -148,7 +151,7 @@ class Trainer:
 
 
 def _bad_total(stats: dict[str, Any]) -> int:
-    bad = stats.get("bad", stats.get("skipped", {}))
+    bad = stats.get("bad", {})
     return int(sum(bad.values())) if isinstance(bad, dict) else int(bad or 0)
 
 
