@@ -8,10 +8,15 @@ which decodes fewer pixels for the same views.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
+
+# torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency here); they still work.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "ppm", "pgm", "tif", "tiff")
 JPEG_EXTS = ("jpg", "jpeg")

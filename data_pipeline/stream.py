@@ -161,6 +161,7 @@ class WorkerStream:
         reader = self._read(items, needed)
         pending: dict[int, _Raw] = {}
         out = skip
+        in_process = get_worker_info() is None
         for b in range(self.first, len(wp.batch_ids)):
             size = wp.batch_sizes[b]
             raws = []
@@ -171,7 +172,16 @@ class WorkerStream:
                         pending[idx] = raw
                 raws.append(pending.pop(q))
             out += size
-            yield self._batch(wp.batch_ids[b], raws)
+            if in_process:  # one thread for the many small ops here; the caller's setting is restored
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    batch = self._batch(wp.batch_ids[b], raws)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                batch = self._batch(wp.batch_ids[b], raws)
+            yield batch
 
     def _batch(self, index: int, raws: list[_Raw]) -> dict[str, Any]:
         spec = self.spec
@@ -257,7 +267,10 @@ class _PlanDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        k = len(self.plan.ranks[self.rank].workers)
+        # the DataLoader polls its workers round-robin from id 0: id j serves the plan worker whose next batch
+        # is start_batch + j, so a resumed stream keeps the rank's batch order
+        worker = (info.id + self.start_batch) % k if info is not None else 0
         wp = self.plan.ranks[self.rank].workers[worker]
         if info is None and len(self.plan.ranks[self.rank].workers) > 1:
             raise RuntimeError("a multi-worker plan iterated in-process")

@@ -1,0 +1,146 @@
+"""The stream executes the plan: same steps on every rank, exact coverage, determinism, per-sample views that do not
+depend on the number of ranks or workers, and resume equality."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from data_pipeline.manifest import load_manifest
+from data_pipeline.stream import StreamSpec, make_loader, plan_for
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
+
+
+def planned_keys(manifest, plan, rank: int) -> Counter:
+    keys: Counter = Counter()
+    for w in plan.ranks[rank].workers:
+        for s in w.segments:
+            keys.update(manifest.shards[s.shard].keys[s.start:s.stop])
+    return keys
+
+
+def run(spec: StreamSpec, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0):
+    loader = make_loader(spec, rank=rank, world_size=world_size, epoch=epoch, start_batch=start_batch)
+    batches = list(loader)
+    return loader, batches
+
+
+@pytest.mark.parametrize(("world", "workers", "batch"), [(1, 0, 100), (2, 2, 64), (3, 1, 50), (2, 3, 37)])
+def test_plan_equals_stream_and_every_rank_gets_the_same_steps(digits_shards, world, workers, batch):
+    src = str(digits_shards["train"])
+    m = load_manifest(src)
+    spec = StreamSpec(source=src, batch_size=batch, num_workers=workers, augment=False, shuffle_buffer=300)
+    plan = plan_for(spec, m, world, epoch=1)
+    assert plan.steps == math.ceil(m.num_samples / (world * batch))
+    everything: Counter = Counter()
+    repeated = 0
+    for r in range(world):
+        loader, batches = run(spec, r, world, epoch=1)
+        assert len(loader) == len(batches) == plan.steps
+        assert [b["index"] for b in batches] == list(range(plan.steps))
+        assert all(len(b["key"]) == batch and b["views"][0].shape == (batch, 3, 32, 32) for b in batches)
+        keys = Counter(k for b in batches for k in b["key"])
+        assert keys == planned_keys(m, plan, r)
+        everything += keys
+        repeated += loader.stats["repeated"]
+        assert loader.stats["seen"] == plan.steps * batch
+    # exact mode: every sample at least once; the only extras are the counted repeats
+    all_keys = [k for s in m.shards for k in s.keys]
+    assert set(everything) == set(all_keys)
+    assert sum(everything.values()) - len(all_keys) == plan.repeated == repeated
+    assert plan.repeated < world * batch
+
+
+def test_probe_pass_reads_every_sample_exactly_once(digits_shards):
+    src = str(digits_shards["holdout"])
+    m = load_manifest(src)
+    labels = {k: lab for s in m.shards for k, lab in zip(s.keys, s.labels, strict=True)}
+    spec = StreamSpec(source=src, batch_size=64, num_views=1, augment=False, shuffle=False, equalize=False,
+                      num_workers=2)
+    seen = []
+    for r in range(3):
+        loader, batches = run(spec, r, 3)
+        assert len(loader) == len(batches)
+        assert all(len(b["key"]) == 64 for b in batches[:-1]) and 0 < len(batches[-1]["key"]) <= 64
+        for b in batches:
+            assert len(b["views"]) == 1
+            assert b["label"].tolist() == [labels[k] for k in b["key"]]
+            seen += b["key"]
+    assert sorted(seen) == sorted(labels)
+
+
+def test_same_seed_same_batches_other_epoch_other_order(cifar_shards):
+    spec = StreamSpec(source=str(cifar_shards), batch_size=32, num_workers=1)
+    _, a = run(spec, epoch=0)
+    _, b = run(spec, epoch=0)
+    _, c = run(spec, epoch=1)
+    assert [x["key"] for x in a] == [x["key"] for x in b]
+    assert all(torch.equal(u, v) for x, y in zip(a, b, strict=True) for u, v in zip(x["views"], y["views"], strict=True))
+    assert [x["key"] for x in a] != [x["key"] for x in c]
+    assert Counter(k for x in a for k in x["key"]).keys() == Counter(k for x in c for k in x["key"]).keys()
+    # the two views of a sample differ (random crops), and images arrive as uint8
+    assert a[0]["views"][0].dtype == torch.uint8 and not torch.equal(a[0]["views"][0], a[0]["views"][1])
+
+
+def test_resampled_mode_has_the_nominal_epoch_length_and_draws_with_replacement(digits_shards):
+    src = str(digits_shards["train"])
+    n = load_manifest(src).num_samples
+    spec = StreamSpec(source=src, batch_size=128, mode="resampled", num_workers=2, augment=False)
+    loaders = [run(spec, r, 2, epoch=e) for e in (0, 1) for r in (0, 1)]
+    for loader, batches in loaders:
+        assert len(batches) == len(loader) == math.ceil(n / 256)
+    e0 = Counter(k for _, bs in loaders[:2] for b in bs for k in b["key"])
+    e1 = Counter(k for _, bs in loaders[2:] for b in bs for k in b["key"])
+    assert e0 != e1
+    assert max(e0.values()) > 1 or len(e0) < n  # with replacement: some repeat or some are missing
+
+
+def test_views_depend_on_sample_not_on_ranks_or_workers(cifar_shards):
+    spec1 = StreamSpec(source=str(cifar_shards), batch_size=20, num_workers=0, seed=5)
+    spec2 = StreamSpec(source=str(cifar_shards), batch_size=10, num_workers=2, seed=5)
+
+    def views_by_key(spec, world):
+        out: dict[str, list] = {}
+        counts: Counter = Counter()
+        for r in range(world):
+            for b in run(spec, r, world, epoch=2)[1]:
+                for i, k in enumerate(b["key"]):
+                    counts[k] += 1
+                    out[k] = [v[i] for v in b["views"]]
+        return {k: v for k, v in out.items() if counts[k] == 1}
+
+    one, many = views_by_key(spec1, 1), views_by_key(spec2, 3)
+    common = set(one) & set(many)
+    assert len(common) > 250
+    for k in common:
+        assert torch.equal(one[k][0], many[k][0]) and torch.equal(one[k][1], many[k][1])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_yields_the_same_batches(cifar_shards, workers):
+    spec = StreamSpec(source=str(cifar_shards), batch_size=16, num_workers=workers, shuffle_buffer=100)
+    full_loader, full = run(spec, rank=1, world_size=2, epoch=3)
+    for b in (1, 4, len(full) - 1):
+        loader, rest = run(spec, rank=1, world_size=2, epoch=3, start_batch=b)
+        assert len(loader) == len(full) - b == len(rest)
+        for x, y in zip(full[b:], rest, strict=True):
+            assert x["key"] == y["key"] and x["index"] == y["index"]
+            assert torch.equal(x["label"], y["label"])
+            assert all(torch.equal(u, v) for u, v in zip(x["views"], y["views"], strict=True))
+        assert loader.state() == {"epoch": 3, "batch": len(full)}
+
+
+def test_resume_does_not_decode_the_skipped_samples(cifar_shards, monkeypatch):
+    import data_pipeline.stream as stream
+
+    calls = []
+    real = stream.decode
+    monkeypatch.setattr(stream, "decode", lambda data: calls.append(1) or real(data))
+    spec = StreamSpec(source=str(cifar_shards), batch_size=16, num_workers=0)
+    loader, rest = run(spec, start_batch=10)
+    assert len(rest) == len(loader) == 19 - 10
+    assert len(calls) == 9 * 16
