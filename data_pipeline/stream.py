@@ -215,16 +215,14 @@ class WorkerStream:
             if not spec.equalize and spec.mode == "exact":
                 keep = good
             else:
-                if not good:
-                    raise BadInputError(f"batch {index}: no decodable sample to fill it (last: {raws[-1].shard}/{raws[-1].key})")
+                pool = [(raws[j], images[j], sizes[j]) for j in good] or self._fallback()
                 subs = 0
                 for i in range(len(raws)):
                     if images[i] is None:
-                        j = good[subs % len(good)]
+                        raw, images[i], sizes[i] = pool[subs % len(pool)]
                         subs += 1
-                        images[i], sizes[i] = images[j], sizes[j]
-                        raws[i] = copy.copy(raws[j])
-                        raws[i].lap = raws[j].lap + 1000 * subs
+                        raws[i] = copy.copy(raw)
+                        raws[i].lap = raw.lap + 1000 * subs
                 delta["repeated"] += subs
         raws = [raws[i] for i in keep]
         imgs = [images[i] for i in keep]
@@ -241,6 +239,32 @@ class WorkerStream:
             views = [v] * spec.num_views
         return {"views": views, "label": torch.tensor([r.label for r in raws], dtype=torch.long),
                 "key": [r.key for r in raws], "index": index, "stats": delta}
+
+    def _fallback(self, want: int = 16) -> list[tuple[_Raw, torch.Tensor, tuple[int, int]]]:
+        """Substitutes for a batch with no good sample: the first ``want`` decodable samples of the dataset in
+        manifest order (the same whatever the resume point, so resumed streams stay equal)."""
+        if getattr(self, "_pool", None) is None:
+            self._pool = []
+            for i, info in enumerate(self.manifest.shards):
+                try:
+                    for _, key, files in iter_grouped(self.manifest.url(i)):
+                        member = image_member(files)
+                        if member is None:
+                            continue
+                        try:
+                            img = decode(member[1])
+                        except UndecodableImage:
+                            continue
+                        label = int(files["cls"]) if files.get("cls") else -1
+                        self._pool.append((_Raw(info.name, key, label, 0, member[0], member[1]), img,
+                                           (img.shape[1], img.shape[2])))
+                        if len(self._pool) >= want:
+                            return self._pool
+                except (UnreadableShard, TruncatedShard):
+                    continue
+            if not self._pool:
+                raise BadInputError("no decodable sample in the whole dataset")
+        return self._pool
 
     def _decode_reduced(self, raw: _Raw) -> tuple[torch.Tensor, tuple[int, int]]:
         """Decode at the largest JPEG reduction that keeps every view's crop at ≥ the output size."""
