@@ -32,9 +32,10 @@ def open_url(url: str) -> IO[bytes]:
             return gopen(url, "rb")
         if "://" not in url:
             return open(url, "rb", buffering=1 << 20)
-        import fsspec
+        from fsspec.core import url_to_fs
 
-        return fsspec.open(url, "rb", block_size=1 << 22).open()
+        fs, path = url_to_fs(url)
+        return fs.open(path, "rb", block_size=1 << 22)
     except Exception as exc:  # noqa: BLE001 — every open failure is an unreadable shard
         raise UnreadableShard(f"{url}: cannot open ({type(exc).__name__}: {exc})") from exc
 
