@@ -135,16 +135,20 @@ def _col(f: torch.Tensor) -> torch.Tensor:
 
 
 def brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * _col(f)).clamp_(0, 1)
+    """In place: ``clamp(f·x)``."""
+    return x.mul_(_col(f)).clamp_(0, 1)
 
 
 def contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """In place: ``clamp(f·x + (1−f)·mean(gray(x)))``."""
     mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
-    return (x * _col(f) + (1 - _col(f)) * mean).clamp_(0, 1)
+    return x.mul_(_col(f)).add_((1 - _col(f)) * mean).clamp_(0, 1)
 
 
 def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * _col(f) + (1 - _col(f)) * _gray(x)).clamp_(0, 1)
+    """In place: ``clamp(f·x + (1−f)·gray(x))``."""
+    g = _gray(x).mul_(1 - _col(f))
+    return x.mul_(_col(f)).add_(g).clamp_(0, 1)
 
 
 def hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -188,14 +192,23 @@ def blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def colour(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
-    """Jitter (random order per view) → grayscale → blur, in place on float ``x``."""
+    """Jitter (random order per view) → grayscale → blur, in place on float ``x``. Small images: each op on the
+    views that draw it at that position (batched); large images: view by view (no gather/scatter copies)."""
     factors = torch.from_numpy(p.factors).float()
-    for pos in range(4):
-        for op in range(4):
-            sel = np.flatnonzero(p.jitter & (p.order[:, pos] == op))
-            if len(sel):
-                idx = torch.from_numpy(sel)
-                x[idx] = _OPS[op](x[idx], factors[idx, op])
+    if x.shape[-1] * x.shape[-2] >= 4096:
+        for t in np.flatnonzero(p.jitter).tolist():
+            v = x[t: t + 1]
+            for op in p.order[t].tolist():
+                v = _OPS[op](v, factors[t: t + 1, op])
+            if v.data_ptr() != x[t: t + 1].data_ptr():
+                x[t: t + 1] = v
+    else:
+        for pos in range(4):
+            for op in range(4):
+                sel = np.flatnonzero(p.jitter & (p.order[:, pos] == op))
+                if len(sel):
+                    idx = torch.from_numpy(sel)
+                    x[idx] = _OPS[op](x[idx], factors[idx, op])
     sel = np.flatnonzero(p.gray)
     if len(sel):
         idx = torch.from_numpy(sel)
@@ -244,16 +257,16 @@ def crop_each(images: list[torch.Tensor], src: np.ndarray, p: ViewParams, size: 
     maps original-size crop boxes onto a reduced decode of image i."""
     from torchvision.transforms.v2 import functional as TF
 
-    out = torch.empty(len(src), 3, size, size)
+    out = torch.empty(len(src), 3, size, size, dtype=torch.uint8)
     for t, i in enumerate(src.tolist()):
         sy, sx = scale[i] if scale else (1.0, 1.0)
         img = images[i]
         top, left = int(p.top[t] * sy), int(p.left[t] * sx)
         h = max(1, min(int(round(p.height[t] * sy)), img.shape[1] - top))
         w = max(1, min(int(round(p.width[t] * sx)), img.shape[2] - left))
-        v = TF.resized_crop(img.unsqueeze(0).float(), top, left, h, w, [size, size], antialias=True)[0]
+        v = TF.resized_crop(img.unsqueeze(0), top, left, h, w, [size, size], antialias=True)[0]  # uint8 kernel
         out[t] = v.flip(-1) if p.flip[t] else v
-    return out.clamp_(0, 255).div_(255.0)
+    return out.float().div_(255.0)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

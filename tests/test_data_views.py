@@ -52,7 +52,10 @@ def test_crop_resize_flip_matches_resized_crop():
                               int(p.width[t]), [32, 32], antialias=True) / 255
         ref = ref.flip(-1) if p.flip[t] else ref
         torch.testing.assert_close(fast[t], ref, atol=1e-5, rtol=0)   # upsampling: exact
-        torch.testing.assert_close(each[t], ref, atol=1e-5, rtol=0)
+        ref8 = TF.resized_crop(imgs[src[t]], int(p.top[t]), int(p.left[t]), int(p.height[t]), int(p.width[t]),
+                               [32, 32], antialias=True)                 # the per-view path: uint8 in and out
+        ref8 = ref8.flip(-1) if p.flip[t] else ref8
+        torch.testing.assert_close(each[t], ref8.float() / 255, atol=1e-6, rtol=0)
 
 
 def test_parameters_follow_the_recipe():
@@ -96,3 +99,25 @@ def test_mixed_sizes_and_centre_view():
     assert v[0].shape == (3, 3, 32, 32)
     c = V.center_view(imgs, 32)
     torch.testing.assert_close(c[2], TF.center_crop(TF.resize(imgs[2], [32], antialias=True), [32, 32]))
+
+
+@pytest.mark.parametrize("side", [16, 64])   # the batched (small) and the view-by-view (large) paths
+def test_colour_pipeline_equals_torchvision_ops_in_the_drawn_order(side):
+    n = 24
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(n, 3, side, side, generator=g)
+    r = V.ViewRecipe(size=side, blur=True)
+    p = V.draw_params(np.arange(n, dtype=np.uint64) * 31 + 7, np.array([[side, side]] * n), r, 1)
+    out = V.colour(x.clone(), p, r)
+    refs = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for t in range(n):
+        y = x[t]
+        if p.jitter[t]:
+            for op in p.order[t]:
+                y = refs[op](y, float(p.factors[t, op]))
+        if p.gray[t]:
+            y = TF.rgb_to_grayscale(y, num_output_channels=3)
+        if p.blur[t]:
+            y = TF.gaussian_blur(y, [r.blur_kernel] * 2, [float(p.sigma[t])] * 2)
+        torch.testing.assert_close(out[t], y, atol=1e-4, rtol=0)
+    assert p.jitter.any() and p.gray.any() and p.blur.any()
