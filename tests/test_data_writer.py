@@ -114,3 +114,36 @@ def test_ensure_digits_written_once_when_two_processes_race(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["digits-v1"]          # no temp dir left behind
     train, hold = map(Path, outs[0])
     assert load_manifest(train).num_samples + load_manifest(hold).num_samples == 1797
+
+
+def test_tar_reader_reads_what_tarfile_reads(tmp_path, cifar_shards):
+    """The stream's tar reader against Python's tarfile: webdataset shards, and pax / GNU / ustar archives with
+    long names, non-ASCII names, float mtimes and directories."""
+    import io
+    import tarfile
+
+    from data_pipeline.tario import iter_grouped
+
+    def with_tarfile(path):
+        with tarfile.open(path, "r|") as t:
+            return sorted((m.name, t.extractfile(m).read()) for m in t if m.isreg())
+
+    def with_stream(path):
+        return sorted((f"{key}.{ext}", data) for _, key, files in iter_grouped(str(path)) for ext, data in files.items())
+
+    paths = sorted(Path(cifar_shards).glob("*.tar"))[:2]
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):
+        path = tmp_path / f"fmt{fmt}.tar"
+        with tarfile.open(path, "w", format=fmt) as t:
+            names = ["d" * 120 + "/k1.jpg", "dir/k2.cls" if fmt == tarfile.USTAR_FORMAT else "dir/ünï_k2.cls", "k3.png"]
+            for i, name in enumerate(names):
+                data = bytes(range(256)) * (i + 1) + b"x" * i
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 1.5
+                t.addfile(info, io.BytesIO(data))
+            d = tarfile.TarInfo("adir")
+            d.type = tarfile.DIRTYPE
+            t.addfile(d)
+        paths.append(path)
+    for path in paths:
+        assert with_stream(path) == with_tarfile(path)
