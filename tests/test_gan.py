@@ -157,9 +157,9 @@ def test_state_round_trip_gives_identical_next_step(loss, tmp_path):
         assert torch.equal(pa, pb), k
 
 
-@pytest.mark.parametrize("loss", ["nonsaturating", "wgan"])
-def test_bf16_autocast_step(loss):
-    method = build(small_cfg("gan", precision="bf16", model={"norm": "group"}, gan={"loss": loss, "n_critic": 1}))
+@pytest.mark.parametrize(("loss", "precision"), [("nonsaturating", "bf16"), ("wgan", "bf16"), ("nonsaturating", "fp16")])
+def test_mixed_precision_step(loss, precision):
+    method = build(small_cfg("gan", precision=precision, model={"norm": "group"}, gan={"loss": loss, "n_critic": 1}))
     out = method.train_step({"views": [_batches(1)[0]]}, 0)
     assert all(math.isfinite(v) for v in out.values())
     assert all(p.dtype == torch.float32 for p in method.parameters())

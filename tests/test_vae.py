@@ -159,12 +159,21 @@ def test_state_round_trip_gives_identical_next_step(tmp_path):
     assert "sigma" in ma and ma["sigma"] != cfg.vae.sigma
 
 
-def test_bf16_autocast_step_keeps_fp32_loss_math():
-    cfg = small_cfg("vae", precision="bf16")
-    method = build(cfg)
-    out = method.train_step({"views": [digits_uint8(16)[:32]]}, 0)
-    assert all(math.isfinite(v) for v in out.values())
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_keep_fp32_parameters_and_loss_math(precision):
+    """fp16: scaled gradients of a per-image log-likelihood (a sum over pixels) overflow at GradScaler's initial
+    2^16, so the first steps are skipped while the scale backs off; then the parameters move."""
+    method = build(small_cfg("vae", precision=precision))
+    before = [p.detach().clone() for p in method.parameters()]
+    for step in range(16):
+        out = method.train_step({"views": [digits_uint8(16)[:32]]}, step)
+        assert all(math.isfinite(v) for v in out.values())
+        if any(not torch.equal(a, p) for a, p in zip(before, method.parameters(), strict=True)):
+            break
+    else:
+        pytest.fail("no optimiser step was taken in 16 train steps")
     assert all(p.dtype == torch.float32 for p in method.parameters())
+    assert bool(method.state()["scaler"]) == (precision == "fp16")  # the GradScaler's state is checkpointed
 
 
 # -- data parallel ------------------------------------------------------------------------------------------------
