@@ -5,23 +5,29 @@ torchvision ImageFolder + PIL transforms pipeline doing the same SimCLR recipe (
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def _timed(fn, min_seconds: float) -> tuple[int, float]:
-    """Run ``fn() -> items`` repeatedly for at least ``min_seconds`` of this process's CPU time; (items, CPU
-    seconds). CPU time (one thread, no worker processes) is per-core time, and robust to other load."""
-    n, t0 = 0, time.process_time()
-    while True:
-        n += fn()
-        dt = time.process_time() - t0
-        if dt >= min_seconds:
-            return n, dt
+def _interleaved(runs: dict[str, Iterator[int]], min_seconds: float, slice_seconds: float = 0.25) -> dict[str, float]:
+    """Items per CPU-second of each endless ``runs[name]`` (yielding item counts per step), taken in alternating
+    slices of ``slice_seconds`` until each has used ``min_seconds`` of this process's CPU time. Alternating
+    keeps the ratios fair when other load changes during the run; CPU time of one thread is per-core time."""
+    items = dict.fromkeys(runs, 0)
+    spent = dict.fromkeys(runs, 0.0)
+    while min(spent.values()) < min_seconds:
+        for name, it in runs.items():
+            t0 = time.process_time()
+            while time.process_time() - t0 < slice_seconds:
+                items[name] += next(it)
+            spent[name] += time.process_time() - t0
+    return {name: items[name] / spent[name] for name in runs}
 
 
 def export_image_folder(source: Any, out: Path) -> int:
@@ -83,14 +89,10 @@ def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds:
         blur_on = image_size > 32 if blur is None else blur
         spec = StreamSpec(source=source, batch_size=batch_size, image_size=image_size, blur=blur, num_workers=0,
                           shuffle_buffer=1000)
-        epoch = [0]
-
-        def stream_epoch() -> int:
-            n = 0
-            for b in make_loader(spec, epoch=epoch[0]):
-                n += len(b["key"])
-            epoch[0] += 1
-            return n
+        def stream_steps() -> Iterator[int]:
+            for epoch in itertools.count():
+                for b in make_loader(spec, epoch=epoch):
+                    yield len(b["key"])
 
         blobs = []
         for i in range(len(m.shards)):
@@ -99,25 +101,29 @@ def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds:
                 if member:
                     blobs.append(member[1])
 
-        def decode_all() -> int:
-            for data in blobs:
-                decode(data)
-            return len(blobs)
+        def decode_steps() -> Iterator[int]:
+            while True:
+                for a in range(0, len(blobs), 64):
+                    for data in blobs[a: a + 64]:
+                        decode(data)
+                    yield len(blobs[a: a + 64])
 
         with tempfile.TemporaryDirectory(prefix="bigbatch-bench-") as tmp:
             export_image_folder(source, Path(tmp))
             baseline = torchvision_pipeline(Path(tmp), image_size, blur_on, batch_size)
 
-            def baseline_epoch() -> int:
-                return sum(len(v1) for (v1, _), _ in baseline)
+            def baseline_steps() -> Iterator[int]:
+                while True:
+                    for (v1, _), _ in baseline:
+                        yield len(v1)
 
-            stream_epoch()  # warm-up (imports, first manifest read)
-            ns, ts = _timed(stream_epoch, seconds)
-            nb, tb = _timed(baseline_epoch, seconds)
-            nd, td = _timed(decode_all, seconds / 2)
+            runs = {"stream": stream_steps(), "torchvision": baseline_steps(), "decode": decode_steps()}
+            for it in runs.values():  # warm-up: imports, first manifest read, first batch
+                next(it)
+            rates = _interleaved(runs, seconds)
     finally:
         torch.set_num_threads(threads)
-    stream, base, dec = ns / ts, nb / tb, nd / td
+    stream, base, dec = rates["stream"], rates["torchvision"], rates["decode"]
     return {"bench": "data", "source": str(source), "samples": m.num_samples, "image_size": image_size,
             "blur": blur_on, "batch_size": batch_size, "cores": 1,
             "stream_pairs_per_s_per_core": round(stream, 1), "torchvision_pairs_per_s_per_core": round(base, 1),

@@ -152,22 +152,19 @@ def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 
 def hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Rotate the HSV hue by ``f`` turns (f ∈ [-0.5, 0.5]); value and saturation are kept."""
-    r, g, b = x.unbind(1)
-    maxc = torch.amax(x, dim=1)
-    minc = torch.amin(x, dim=1)
-    chroma = maxc - minc                                    # = v·s
-    inv = torch.where(chroma > 0, chroma, 1.0).reciprocal_()
-    # hue in sixths: r max → (g−b)/c, g max → 2 + (b−r)/c, b max → 4 + (r−g)/c
-    h6 = torch.where(maxc == r, (g - b).mul_(inv),
-                     torch.where(maxc == g, (b - r).mul_(inv).add_(2.0), (r - g).mul_(inv).add_(4.0)))
-    h6.add_(6.0 * f.view(-1, 1, 1) + 6.0)
-    out = torch.empty_like(x)
-    for ch, n in enumerate((5.0, 3.0, 1.0)):
-        k = torch.remainder(h6 + n, 6.0)
-        k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-        torch.sub(maxc, k.mul_(chroma), out=out[:, ch])
-    return out
+    """Rotate the HSV hue by ``f`` turns (f ∈ [-0.5, 0.5]); value and saturation are kept.
+    hue in sixths h = 2·argmax + (next − previous channel)/chroma; channel n of the result (n = 5, 3, 1 for
+    r, g, b) is ``max − chroma·clamp(2 − |k − 2|, 0, 1)`` with ``k = (n + h + 6f) mod 6``."""
+    maxc, imax = x.max(dim=1)
+    chroma = maxc - x.amin(dim=1)
+    diff = x[:, [1, 2, 0]] - x[:, [2, 0, 1]]                 # g−b, b−r, r−g
+    h6 = diff.gather(1, imax.unsqueeze(1)).squeeze_(1)
+    h6.div_(torch.where(chroma > 0, chroma, 1.0))
+    h6.add_(imax.to(x.dtype).mul_(2.0)).add_((6.0 * f + 6.0).view(-1, 1, 1))
+    k = h6.unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
+    k.sub_(torch.floor(k / 6.0).mul_(6.0))
+    k = (2.0 - (k - 2.0).abs_()).clamp_(0.0, 1.0)
+    return maxc.unsqueeze(1) - k.mul_(chroma.unsqueeze(1))
 
 
 _OPS = (brightness, contrast, saturation, hue)
@@ -192,8 +189,9 @@ def blur(x: torch.Tensor, sigma: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def colour(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
-    """Jitter (random order per view) → grayscale → blur, in place on float ``x``. Small images: each op on the
-    views that draw it at that position (batched); large images: view by view (no gather/scatter copies)."""
+    """Jitter (random op order per view) → grayscale → blur on float ``x``. Small images: at each of the four
+    positions the batch is regrouped by the op its views draw there, so every op runs in place on one
+    contiguous slice; large images: view by view. Returns the result (``x`` may be reused)."""
     factors = torch.from_numpy(p.factors).float()
     if x.shape[-1] * x.shape[-2] >= 4096:
         for t in np.flatnonzero(p.jitter).tolist():
@@ -202,13 +200,22 @@ def colour(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
                 v = _OPS[op](v, factors[t: t + 1, op])
             if v.data_ptr() != x[t: t + 1].data_ptr():
                 x[t: t + 1] = v
-    else:
+    elif p.jitter.any():
+        perm = np.arange(len(x))                       # current row → view
+        codes = np.where(p.jitter[:, None], p.order, 4)  # 4: no jitter
         for pos in range(4):
+            s = np.argsort(codes[perm, pos], kind="stable")
+            perm = perm[s]
+            x = x[torch.from_numpy(s)]
+            bounds = np.searchsorted(codes[perm, pos], np.arange(6))
             for op in range(4):
-                sel = np.flatnonzero(p.jitter & (p.order[:, pos] == op))
-                if len(sel):
-                    idx = torch.from_numpy(sel)
-                    x[idx] = _OPS[op](x[idx], factors[idx, op])
+                a, b = int(bounds[op]), int(bounds[op + 1])
+                if b > a:
+                    seg = x[a:b]
+                    out = _OPS[op](seg, factors[torch.from_numpy(perm[a:b]), op])
+                    if out.data_ptr() != seg.data_ptr():
+                        seg.copy_(out)
+        x = x[torch.from_numpy(np.argsort(perm))]
     sel = np.flatnonzero(p.gray)
     if len(sel):
         idx = torch.from_numpy(sel)
