@@ -131,10 +131,12 @@ def test_short_digits_run_improves_the_elbo(tmp_path):
 
 
 def test_features_representation_and_bernoulli_likelihood():
-    cfg = small_cfg("vae", vae={"representation": "features", "likelihood": "bernoulli", "learn_sigma": False})
+    cfg = small_cfg("vae", vae={"representation": "features", "likelihood": "bernoulli", "learn_sigma": True})
     method = build(cfg)
     out = method.train_step({"views": [digits_uint8(16)[:32]]}, 0)
     assert math.isfinite(out["loss"]) and out["kl"] >= 0
+    # σ means nothing to a Bernoulli likelihood: no parameter without gradient (DDP would wait for it forever)
+    assert "sigma" not in out and all(p.grad is not None for p in method.parameters())
     assert method.represent(digits_uint8(16)[:5]).shape == (5, method.encoder.num_features)
 
 

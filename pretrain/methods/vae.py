@@ -44,7 +44,8 @@ class VAENet(nn.Module):
         self.encoder = create_encoder(m.encoder, small_stem=m.small_stem, norm=m.norm)
         self.to_latent = nn.Linear(self.encoder.num_features, 2 * v.latent_dim)
         self.decoder = ConvDecoder(v.latent_dim, cfg.data.image_size, v.decoder_width, v.decoder_norm)
-        if v.learn_sigma:
+        self.learn_sigma = v.learn_sigma and v.likelihood == "gaussian"  # σ is unused (no grad) for Bernoulli
+        if self.learn_sigma:
             self.log_sigma = nn.Parameter(torch.tensor(math.log(v.sigma)))
         else:
             self.register_buffer("log_sigma", torch.tensor(math.log(v.sigma)), persistent=False)
@@ -115,7 +116,7 @@ class VAE(PretrainMethod):
         self.schedulers["vae"].step()
         out = {"loss": float(loss.detach()), "recon": float(recon.detach()), "kl": float(kl.detach()),
                "elbo": float(-(recon + kl).detach()), "lr": opt.param_groups[0]["lr"]}
-        if self.cfg.vae.learn_sigma:
+        if self.net.learn_sigma:
             out["sigma"] = float(self.net.log_sigma.detach().exp())
         return out
 
