@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -49,7 +50,7 @@ class StreamSpec:
     max_bad_fraction: float = 0.01
     equalize: bool = True
     remainder: Literal["repeat", "drop"] = "repeat"
-    extra: dict[str, Any] = field(default_factory=dict)
+    pin_memory: bool | None = None  # None: when CUDA is available
 
     @property
     def recipe(self) -> ViewRecipe:
@@ -64,6 +65,9 @@ def load_source(source: Any) -> Manifest:
     if isinstance(source, Manifest):
         return source
     key = repr(source)
+    local = Path(str(source)) / "manifest.json" if isinstance(source, str | Path) else None
+    if local is not None and local.exists():
+        key += f"@{local.stat().st_mtime_ns}"  # a rewritten local manifest is read again
     if key not in _MANIFESTS:
         _MANIFESTS[key] = resolve_shards(source)
     return _MANIFESTS[key]
@@ -102,7 +106,7 @@ class WorkerStream:
     def _read(self, items: list[tuple[int, int, int]], needed: np.ndarray) -> Iterator[tuple[int, _Raw]]:
         """Inputs in order as (input index, raw sample); only needed ones carry data."""
         q = 0
-        for si, seg in enumerate(self.wp.segments):
+        for seg in self.wp.segments:
             url = self.manifest.url(seg.shard)
             info = self.manifest.shards[seg.shard]
             base = q
@@ -144,7 +148,6 @@ class WorkerStream:
                 key = info.keys[pos] if pos < len(info.keys) else f"#{pos}"
                 yield base + pos - seg.start, _Raw(info.name, key, -1, seg.lap, bad=failure, detail=detail)
             q += seg.samples
-            _ = si
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         spec, wp = self.spec, self.wp
@@ -333,7 +336,8 @@ class ShardLoader:
         k = self.spec.num_workers
         ds = _PlanDataset(self.spec, self.manifest, self.plan, self.rank, self.start_batch)
         if k > 0:
-            loader = DataLoader(ds, batch_size=None, num_workers=k, persistent_workers=False,
+            pin = torch.cuda.is_available() if self.spec.pin_memory is None else self.spec.pin_memory
+            loader = DataLoader(ds, batch_size=None, num_workers=k, persistent_workers=False, pin_memory=pin,
                                 prefetch_factor=2, multiprocessing_context=_mp_context())
         else:
             loader = ds
