@@ -153,18 +153,19 @@ def saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 def hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """Rotate the HSV hue by ``f`` turns (f ∈ [-0.5, 0.5]); value and saturation are kept.
-    hue in sixths h = 2·argmax + (next − previous channel)/chroma; channel n of the result (n = 5, 3, 1 for
-    r, g, b) is ``max − chroma·clamp(2 − |k − 2|, 0, 1)`` with ``k = (n + h + 6f) mod 6``."""
-    maxc, imax = x.max(dim=1)
-    chroma = maxc - x.amin(dim=1)
-    diff = x[:, [1, 2, 0]] - x[:, [2, 0, 1]]                 # g−b, b−r, r−g
-    h6 = diff.gather(1, imax.unsqueeze(1)).squeeze_(1)
-    h6.div_(torch.where(chroma > 0, chroma, 1.0))
-    h6.add_(imax.to(x.dtype).mul_(2.0)).add_((6.0 * f + 6.0).view(-1, 1, 1))
+    With chroma c = max − min, the hue in sixths is (g−b)/c, 2 + (b−r)/c or 4 + (r−g)/c (r, g or b the max);
+    channel n of the result (n = 5, 3, 1 for r, g, b) is ``max − c·clamp(2 − |k − 2|, 0, 1)``,
+    ``k = (n + hue + 6f) mod 6``."""
+    r, g, b = x.unbind(1)
+    maxc = torch.amax(x, dim=1)
+    chroma = maxc - torch.amin(x, dim=1)
+    c2 = chroma * 2.0
+    h6 = torch.where(r == maxc, g - b, torch.where(g == maxc, (b - r).add_(c2), (r - g).add_(c2).add_(c2)))
+    h6.div_(torch.where(chroma > 0, chroma, 1.0)).add_((6.0 * f + 6.0).view(-1, 1, 1))
     k = h6.unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
     k.sub_(torch.floor(k / 6.0).mul_(6.0))
-    k = (2.0 - (k - 2.0).abs_()).clamp_(0.0, 1.0)
-    return maxc.unsqueeze(1) - k.mul_(chroma.unsqueeze(1))
+    k = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
+    return k.mul_(chroma.unsqueeze(1)).neg_().add_(maxc.unsqueeze(1))
 
 
 _OPS = (brightness, contrast, saturation, hue)
@@ -206,7 +207,7 @@ def colour(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
         for pos in range(4):
             s = np.argsort(codes[perm, pos], kind="stable")
             perm = perm[s]
-            x = x[torch.from_numpy(s)]
+            x = x.index_select(0, torch.from_numpy(s))
             bounds = np.searchsorted(codes[perm, pos], np.arange(6))
             for op in range(4):
                 a, b = int(bounds[op]), int(bounds[op + 1])
@@ -215,15 +216,15 @@ def colour(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
                     out = _OPS[op](seg, factors[torch.from_numpy(perm[a:b]), op])
                     if out.data_ptr() != seg.data_ptr():
                         seg.copy_(out)
-        x = x[torch.from_numpy(np.argsort(perm))]
+        x = x.index_select(0, torch.from_numpy(np.argsort(perm)))
     sel = np.flatnonzero(p.gray)
     if len(sel):
         idx = torch.from_numpy(sel)
-        x[idx] = _gray(x[idx]).expand(-1, 3, -1, -1)
+        x.index_copy_(0, idx, _gray(x.index_select(0, idx)).expand(-1, 3, -1, -1).contiguous())
     sel = np.flatnonzero(p.blur)
     if len(sel):
         idx = torch.from_numpy(sel)
-        x[idx] = blur(x[idx], torch.from_numpy(p.sigma[sel]).float(), recipe.blur_kernel)
+        x.index_copy_(0, idx, blur(x.index_select(0, idx), torch.from_numpy(p.sigma[sel]).float(), recipe.blur_kernel))
     return x
 
 
@@ -254,7 +255,7 @@ def crop_same_size(images: torch.Tensor, src: np.ndarray, p: ViewParams, size: i
     grid = torch.empty(m, size, size, 2)
     grid[..., 0] = gx[:, None, :]
     grid[..., 1] = gy[:, :, None]
-    x = images[torch.from_numpy(src)]
+    x = images.index_select(0, torch.from_numpy(src))
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False).div_(255.0)
 
 
@@ -307,8 +308,8 @@ def make_views(images: list[torch.Tensor], seeds: np.ndarray, recipe: ViewRecipe
             x = torch.empty(b - a, 3, s, s)
             up = np.flatnonzero(~shrink[a:b])
             down = np.flatnonzero(shrink[a:b])
-            x[torch.from_numpy(up)] = crop_same_size(stacked, src[a:b][up], _take(pc, up), s)
-            x[torch.from_numpy(down)] = crop_each(images, src[a:b][down], _take(pc, down), s, scale)
+            x.index_copy_(0, torch.from_numpy(up), crop_same_size(stacked, src[a:b][up], _take(pc, up), s))
+            x.index_copy_(0, torch.from_numpy(down), crop_each(images, src[a:b][down], _take(pc, down), s, scale))
         out[a:b] = to_uint8(colour(x, pc, recipe))
     return list(out.view(num_views, n, 3, s, s).unbind(0))
 
