@@ -36,7 +36,8 @@ from data_pipeline.views import ViewRecipe, center_view, make_views, sample_seed
 
 @dataclass
 class StreamSpec:
-    source: Any                     # dir/URL with manifest.json, manifest URL, brace pattern, list of URLs, Manifest
+    source: Any                     # dir/URL with manifest.json, manifest URL, brace pattern, list of URLs, Manifest,
+                                    # or "digits" / "digits-holdout" (the built-in default)
     batch_size: int                 # per rank
     num_views: int = 2
     augment: bool = True
@@ -64,6 +65,10 @@ def load_source(source: Any) -> Manifest:
     """Resolve (and cache per process) the manifest of a stream source."""
     if isinstance(source, Manifest):
         return source
+    if source in ("digits", "digits-holdout"):  # the built-in default (written to the cache on first use)
+        from data_pipeline.builtin import ensure_digits
+
+        source = str(ensure_digits()[source == "digits-holdout"])
     key = repr(source)
     local = Path(str(source)) / "manifest.json" if isinstance(source, str | Path) else None
     if local is not None and local.exists():

@@ -144,3 +144,20 @@ def test_resume_does_not_decode_the_skipped_samples(cifar_shards, monkeypatch):
     loader, rest = run(spec, start_batch=10)
     assert len(rest) == len(loader) == 19 - 10
     assert len(calls) == 9 * 16
+
+
+def test_drop_remainder_and_shuffle_buffer_order():
+    import numpy as np
+
+    from data_pipeline.plan import make_plan, shuffle_order
+
+    plan = make_plan([100, 37, 64], world_size=2, num_workers=3, batch_size=16, remainder="drop")
+    assert plan.steps == 201 // 32 and plan.dropped == 201 - plan.steps * 32 and plan.repeated == 0
+    taken = [(s.shard, i) for r in plan.ranks for w in r.workers for s in w.segments for i in range(s.start, s.stop)]
+    assert len(taken) == len(set(taken)) == plan.steps * 32
+    assert all(len(w.batch_ids) == len(w.batch_sizes) for r in plan.ranks for w in r.workers)
+    assert sorted(i for r in plan.ranks[:1] for w in r.workers for i in w.batch_ids) == list(range(plan.steps))
+    order = shuffle_order(1000, 64, np.random.default_rng(0))
+    assert sorted(order) == list(range(1000)) and order != list(range(1000))
+    assert all(q < j + 64 for j, q in enumerate(order))                 # never reads more than a buffer ahead
+    assert shuffle_order(1000, 64, np.random.default_rng(0)) == order
