@@ -104,12 +104,9 @@ class WorkerStream:
         self.first = sum(1 for i in wp.batch_ids if i < start_batch)  # batches of this worker to skip
         self.bad = BadInputCounter(wp.samples, spec.max_bad_fraction)
 
-    def _items(self) -> list[tuple[int, int, int]]:
-        """(segment index, position in shard, lap) of every input, in reading order."""
-        return [(si, pos, seg.lap) for si, seg in enumerate(self.wp.segments) for pos in range(seg.start, seg.stop)]
-
-    def _read(self, items: list[tuple[int, int, int]], needed: np.ndarray) -> Iterator[tuple[int, _Raw]]:
-        """Inputs in order as (input index, raw sample); only needed ones carry data."""
+    def _read(self, needed: np.ndarray) -> Iterator[tuple[int, _Raw]]:
+        """The worker's inputs in reading order as (input index, raw sample); only needed ones carry data.
+        Positions a shard fails to deliver come back as bad samples of the failure's kind."""
         q = 0
         for seg in self.wp.segments:
             url = self.manifest.url(seg.shard)
@@ -119,13 +116,14 @@ class WorkerStream:
             if not want.any():
                 q += seg.samples
                 continue
-            got = seg.start
+            got, last = seg.start, -1
             failure, detail = "", ""
             try:
                 def wanted(p: int, a: int = seg.start, b: int = seg.stop, w: np.ndarray = want) -> bool:
                     return a <= p < b and bool(w[p - a])
 
                 for pos, key, files in iter_grouped(url, want=wanted):
+                    last = pos
                     if pos < seg.start:
                         continue
                     if pos >= seg.stop:
@@ -147,7 +145,7 @@ class WorkerStream:
             except TruncatedShard as exc:
                 failure, detail = "truncated_tar", str(exc)
             if got < seg.stop and not failure:
-                failure = "empty_shard" if got == 0 and seg.start == 0 else "truncated_tar"
+                failure = "empty_shard" if last < 0 else "truncated_tar"
                 detail = f"{got} of {info.samples} samples"
             for pos in range(got, seg.stop):
                 key = info.keys[pos] if pos < len(info.keys) else f"#{pos}"
@@ -156,8 +154,7 @@ class WorkerStream:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         spec, wp = self.spec, self.wp
-        items = self._items()
-        n = len(items)
+        n = sum(seg.samples for seg in wp.segments)
         if spec.shuffle:
             rng = np.random.default_rng([spec.seed, self.epoch, wp.rank, wp.worker, 0x5B0F])
             order = shuffle_order(n, spec.shuffle_buffer, rng)
@@ -166,7 +163,7 @@ class WorkerStream:
         skip = sum(wp.batch_sizes[: self.first])
         needed = np.zeros(n, dtype=bool)
         needed[order[skip:]] = True
-        reader = self._read(items, needed)
+        reader = self._read(needed)
         pending: dict[int, _Raw] = {}
         out = skip
         in_process = get_worker_info() is None
