@@ -161,3 +161,24 @@ def test_drop_remainder_and_shuffle_buffer_order():
     assert sorted(order) == list(range(1000)) and order != list(range(1000))
     assert all(q < j + 64 for j, q in enumerate(order))                 # never reads more than a buffer ahead
     assert shuffle_order(1000, 64, np.random.default_rng(0)) == order
+
+
+def test_large_jpegs_reduced_decode_views_are_per_sample(tmp_path, monkeypatch):
+    """Photos of 173–597 px at 64 px output: mixed sizes, JPEG draft decoding; views still per sample."""
+    import data_pipeline.stream as stream
+    from data_pipeline.photos import make_photos
+    from data_pipeline.writer import write_shards
+
+    write_shards(str(make_photos(tmp_path / "img", count=24)), tmp_path / "shards", shard_size=8)
+    reductions = []
+    real = stream.decode_reduced
+    monkeypatch.setattr(stream, "decode_reduced", lambda data, r: reductions.append(r) or real(data, r))
+    spec = StreamSpec(source=str(tmp_path / "shards"), batch_size=6, num_workers=0, image_size=72)
+    one = {k: (b["views"][0][i], b["views"][1][i]) for b in make_loader(spec) for i, k in enumerate(b["key"])}
+    assert max(reductions) >= 2 and len(one) == 24
+    spec2 = StreamSpec(source=str(tmp_path / "shards"), batch_size=4, num_workers=0, image_size=72)
+    for r in range(2):
+        for b in make_loader(spec2, rank=r, world_size=3):
+            for i, k in enumerate(b["key"]):
+                assert torch.equal(one[k][0], b["views"][0][i]) and torch.equal(one[k][1], b["views"][1][i])
+            assert b["views"][0].shape == (4, 3, 72, 72)
