@@ -109,5 +109,10 @@ def run_plan(args: argparse.Namespace) -> int:
             segs = " ".join(f"{manifest.shards[s.shard].name}[{s.start}:{s.stop}]" + ("*" if s.lap else "")
                             for s in w.segments)
             print(f"{r.rank:>4} {w.worker:>6} {len(w.batch_ids):>5} {w.samples:>7} {w.repeated:>6}  {segs}")
-    print("(* = repeated samples that equalise the steps)" if plan.repeated else "")
+    if plan.repeated:
+        print("(* = repeated samples that equalise the steps)")
+    if plan.mode == "resampled":
+        print("(resampled: every worker draws whole shards with replacement; the epoch length is nominal)")
+    if not plan.equalize:
+        print("(not equalized: every sample exactly once; ranks may differ by one step, last batch partial)")
     return 0
