@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 
+from data_pipeline.sources import IMAGE_EXTS
+
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not a dependency here); they still work.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "ppm", "pgm", "tif", "tiff")
-JPEG_EXTS = ("jpg", "jpeg")
 
 
 class UndecodableImage(ValueError):
