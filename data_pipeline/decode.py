@@ -21,7 +21,6 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 
-
 class UndecodableImage(ValueError):
     """The bytes are not a decodable image."""
 
