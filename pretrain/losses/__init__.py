@@ -1,0 +1,33 @@
+"""Contrastive losses, each ``loss(z1, z2)`` on this worker's ``[n_local, d]`` projections of two views.
+
+Each returns this worker's share of the global-batch loss (the mean over workers is the global loss), and,
+with DDP averaging, parameter gradients equal those of one process holding the whole batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from pretrain.losses.binary import BinaryNCE
+from pretrain.losses.ranking import RankingNCE
+from pretrain.losses.spectral import SpectralContrastive
+
+if TYPE_CHECKING:
+    from pretrain.config import LossConfig
+
+__all__ = ["BinaryNCE", "RankingNCE", "SpectralContrastive", "build_loss"]
+
+
+def build_loss(cfg: LossConfig) -> nn.Module:
+    """ranking | ranking-blockwise | binary | spectral, from the run config's loss section."""
+    if cfg.name == "ranking":
+        return RankingNCE(cfg.temperature)
+    if cfg.name == "ranking-blockwise":
+        return RankingNCE(cfg.temperature, block_size=cfg.block_size)
+    if cfg.name == "binary":
+        return BinaryNCE(cfg.num_negatives, all_pairs=cfg.all_pairs)
+    if cfg.name == "spectral":
+        return SpectralContrastive(cfg.mu)
+    raise ValueError(f"unknown loss {cfg.name!r}")
