@@ -40,7 +40,7 @@ class ModelConfig(Strict):
 class LossConfig(Strict):
     name: Literal["ranking", "ranking-blockwise", "binary", "spectral"] = "ranking"
     temperature: float = Field(0.2, gt=0)
-    block_size: int = Field(1024, ge=1, description="column block of ranking-blockwise")
+    block_size: int = Field(512, ge=1, description="tile side of ranking-blockwise (512: tiles stay in cache)")
     num_negatives: int = Field(1, ge=1, description="binary: negatives per anchor from shifts of the local batch")
     all_pairs: bool = Field(False, description="binary: the O(B^2) all-pairs sigmoid variant")
     mu: float = Field(1.0, gt=0, description="spectral: weight of the quadratic term")

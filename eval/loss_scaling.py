@@ -1,0 +1,212 @@
+"""How each contrastive loss scales: forward+backward time and peak memory against the batch size B (images),
+optionally under W gloo processes, with the bare matrix-product floor of the ranking forms measured alongside.
+
+Every (loss, B, W) configuration runs in a fresh subprocess, so one configuration's allocations cannot inflate
+another's peak. Peak memory on CPU is the process's peak resident set (ru_maxrss) above its resident set just
+before the inputs were created — the inputs, activations and gradients of the loss; on CUDA it is
+torch.cuda.max_memory_allocated. Bytes sent per worker per step are counted for ring collectives
+(all-gather: (W−1)/W of the gathered tensor; all-reduce: 2(W−1)/W of the reduced one), forward and backward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+LOSSES = ("ranking", "ranking-blockwise", "binary-all-pairs", "binary", "spectral")
+QUADRATIC = ("ranking", "ranking-blockwise", "binary-all-pairs")
+FLOAT = 4
+
+
+@dataclass
+class Config:
+    loss: str
+    batch: int             # images in the global batch
+    dim: int = 128
+    world_size: int = 1
+    block_size: int = 512
+    num_negatives: int = 1
+    repeats: int = 3
+    threads: int | None = None
+
+
+@dataclass
+class Result:
+    config: Config
+    time_s: float | None = None          # median forward+backward seconds per step (slowest rank)
+    peak_bytes: int | None = None        # peak memory of the loss step (max over ranks)
+    floor_s: float | None = None         # bare matmuls of the same shapes (ranking forms)
+    bytes_sent: int = 0                  # per worker per step, loss collectives only
+    skipped: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def build(cfg: Config) -> torch.nn.Module:
+    from pretrain.losses import BinaryNCE, RankingNCE, SpectralContrastive
+    return {
+        "ranking": lambda: RankingNCE(0.1),
+        "ranking-blockwise": lambda: RankingNCE(0.1, block_size=cfg.block_size),
+        "binary-all-pairs": lambda: BinaryNCE(all_pairs=True),
+        "binary": lambda: BinaryNCE(num_negatives=cfg.num_negatives),
+        "spectral": lambda: SpectralContrastive(1.0),
+    }[cfg.loss]()
+
+
+def bytes_sent(cfg: Config) -> int:
+    w = cfg.world_size
+    if w == 1:
+        return 0
+    views = 2 * cfg.batch
+    if cfg.loss in QUADRATIC:   # all-gather of [2B, d] forward; its backward (reduce-scatter; gloo: all-reduce)
+        gather = (w - 1) / w * views * cfg.dim * FLOAT
+        return int(gather + 2 * gather)
+    if cfg.loss == "spectral":  # all-reduce of 2d² + 2 floats, forward and backward
+        return int(2 * 2 * (w - 1) / w * (2 * cfg.dim ** 2 + 2) * FLOAT)
+    return 0
+
+
+def estimated_bytes(cfg: Config) -> int:
+    """A conservative estimate of one rank's peak, to skip configurations this machine cannot hold."""
+    views, local = 2 * cfg.batch, 2 * cfg.batch // cfg.world_size
+    vectors = 8 * views * cfg.dim * FLOAT
+    if cfg.loss in ("ranking", "binary-all-pairs"):
+        return vectors + 5 * local * views * FLOAT
+    if cfg.loss == "ranking-blockwise":
+        return vectors + 6 * cfg.block_size ** 2 * FLOAT
+    return vectors + 6 * local * cfg.dim * FLOAT
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _floor(cfg: Config, local_views: int) -> float:
+    """Median time of the ranking forms' matrix products: S = U Cᵀ, then ∂U = G C and ∂C = Gᵀ U (tiled like the
+    blockwise form when the full S would not fit in memory)."""
+    views = 2 * cfg.batch
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(local_views, cfg.dim, generator=g)
+    c = torch.randn(views, cfg.dim, generator=g)
+    tile = min(views, max(cfg.block_size, 4096))
+    times = []
+    for _ in range(max(1, cfg.repeats)):
+        t0 = time.perf_counter()
+        for r0 in range(0, local_views, tile):
+            ur = u[r0:r0 + tile]
+            for c0 in range(0, views, tile):
+                s = ur @ c[c0:c0 + tile].T
+                s @ c[c0:c0 + tile]
+                s.T @ ur
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_rank(cfg: Config, rank: int = 0) -> dict:
+    """Measure one configuration on this rank (inside its own process)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
+    loss_fn = build(cfg).to(device)
+    n = cfg.batch // cfg.world_size
+    # warm up kernels and the collectives on a small batch before the baseline is taken
+    small = torch.randn(8, cfg.dim, device=device, requires_grad=True)
+    loss_fn(small, small.detach() + 1).backward()
+    base = _rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    g = torch.Generator().manual_seed(rank)
+    z1 = torch.randn(n, cfg.dim, generator=g).to(device).requires_grad_()
+    z2 = torch.randn(n, cfg.dim, generator=g).to(device).requires_grad_()
+    times = []
+    for _ in range(max(1, cfg.repeats)):
+        z1.grad = z2.grad = None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        loss_fn(z1, z2).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _maxrss_bytes() - base
+    out = {"time_s": statistics.median(times), "peak_bytes": int(peak)}
+    if cfg.loss in ("ranking", "ranking-blockwise") and rank == 0:
+        out["floor_s"] = _floor(cfg, 2 * n)
+    return out
+
+
+def _rank_main(cfg: Config, rank: int, port: int) -> dict:
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=cfg.world_size)
+    try:
+        return run_rank(cfg, rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(cfg: Config, timeout: float = 1800.0, memory_limit: int | None = None) -> Result:
+    """Run ``cfg`` in fresh subprocess(es) (one per rank) and collect the slowest rank's time and the largest peak."""
+    limit = memory_limit or int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.6)
+    need = estimated_bytes(cfg) * cfg.world_size
+    if need > limit:
+        return Result(cfg, skipped=f"needs ~{need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB limit",
+                      bytes_sent=bytes_sent(cfg))
+    port = _free_port()
+    payload = json.dumps(asdict(cfg))
+    procs = [subprocess.Popen([sys.executable, "-m", "eval.loss_scaling", payload, str(rank), str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(cfg.world_size)]
+    outs = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            return Result(cfg, skipped=f"timed out after {timeout:.0f} s", bytes_sent=bytes_sent(cfg))
+        if p.returncode != 0:
+            return Result(cfg, skipped=f"failed: {stderr.strip().splitlines()[-1] if stderr.strip() else p.returncode}",
+                          bytes_sent=bytes_sent(cfg))
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    return Result(cfg, time_s=max(o["time_s"] for o in outs), peak_bytes=max(o["peak_bytes"] for o in outs),
+                  floor_s=next((o["floor_s"] for o in outs if "floor_s" in o), None), bytes_sent=bytes_sent(cfg))
+
+
+def loglog_slope(points: list[tuple[int, float]], lo: int | None = None, hi: int | None = None) -> float | None:
+    """Least-squares slope of log y against log B over lo ≤ B ≤ hi (None with fewer than two points)."""
+    pts = [(b, y) for b, y in points if y and y > 0 and (lo is None or b >= lo) and (hi is None or b <= hi)]
+    if len(pts) < 2:
+        return None
+    xs = [math.log(b) for b, _ in pts]
+    ys = [math.log(y) for _, y in pts]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else None
+
+
+if __name__ == "__main__":  # one rank of one configuration; prints a JSON line
+    config = Config(**json.loads(sys.argv[1]))
+    rank, port = int(sys.argv[2]), int(sys.argv[3])
+    result = run_rank(config) if config.world_size == 1 else _rank_main(config, rank, port)
+    print(json.dumps(result))
