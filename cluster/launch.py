@@ -126,6 +126,7 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
         thread.join(timeout=0.5)
         sink.consume(*ray.get(progress.drain.remote()))
         workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
+        _collect_artifacts(run_dir, run_dir.glob("checkpoint_*/artifacts"))
     sink.consume(*ray.get(progress.drain.remote()))
     workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
     wall = time.time() - t0
@@ -141,6 +142,7 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
     if getattr(result, "error", None):
         raise result.error
     ckpt_dir = _local_checkpoint(result, run_dir)
+    _collect_artifacts(run_dir, [ckpt_dir / "artifacts"])
     summary["checkpoint"] = str(ckpt_dir)
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     if probe if probe is not None else cfg.eval.probe:
@@ -156,6 +158,17 @@ def _record_workers(run_dir: Path, current: dict[int, dict[str, Any]], known: di
         tmp.write_text(json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
         os.replace(tmp, run_dir / "workers.json")
     return current
+
+
+def _collect_artifacts(run_dir: Path, sources) -> None:
+    """Copy each checkpoint's PNGs (samples, reconstructions) into ``run_dir/artifacts`` before Ray prunes it."""
+    import shutil
+    for src in sources:
+        for png in Path(src).glob("*.png"):
+            dest = run_dir / "artifacts" / png.name
+            if not dest.exists():
+                dest.parent.mkdir(exist_ok=True)
+                shutil.copyfile(png, dest)
 
 
 def _local_checkpoint(result: Any, run_dir: Path) -> Path:

@@ -44,11 +44,13 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def stream_spec(cfg: RunConfig, world_size: int, num_views: int):
+def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool = True):
+    """The training stream of one rank: its share of the global batch; augmented views unless the method
+    (VAE, GAN) models the images themselves."""
     from data_pipeline.stream import StreamSpec
     d = cfg.data
     return StreamSpec(source=resolve_source(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
-                      augment=True, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
+                      augment=augment, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
                       shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
                       max_bad_fraction=d.max_bad_fraction, equalize=True)
 
@@ -87,7 +89,7 @@ class Trainer:
         if device.type == "cuda" and cfg.model.sync_batchnorm and world_size > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
         self.method: PretrainMethod = method.to(device)
-        self.spec = stream_spec(cfg, world_size, method.num_views)
+        self.spec = stream_spec(cfg, world_size, method.num_views, augment=getattr(method, "augment", True))
         self.steps_per_epoch = len(self._loader(epoch=0, start_batch=0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"{cfg.data.train}: the stream gives 0 steps per epoch at batch {cfg.batch_size}")
@@ -108,6 +110,8 @@ class Trainer:
             set_rng_state(rng)
 
     def _write(self, directory: Path) -> None:
+        if self.rank == 0:  # samples / reconstructions of this checkpoint's model travel with it
+            self.method.save_artifacts(Path(directory) / "artifacts", self.step)
         save_checkpoint(directory, rank=self.rank, method_state=self.method.state() if self.rank == 0 else None,
                         step=self.step, stream={"epoch": self.epoch, "batch": self.batch_in_epoch},
                         config=self.cfg.model_dump(mode="json"))

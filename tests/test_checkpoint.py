@@ -9,7 +9,13 @@ import torch
 
 from cluster.run_config import load_run_config
 from pretrain.checkpoint import (
-    atomic_save, find_latest_checkpoint, load_checkpoint, load_method, rng_state, save_checkpoint, set_rng_state,
+    atomic_save,
+    find_latest_checkpoint,
+    load_checkpoint,
+    load_method,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 from pretrain.methods import build_method
 

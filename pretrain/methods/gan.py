@@ -31,8 +31,8 @@ from pretrain.encoders import create_encoder
 from pretrain.generative.gan_losses import clip_weights_, critic_loss, discriminator_loss, generator_loss
 from pretrain.generative.images import save_grid
 from pretrain.generative.networks import ConvDecoder
-from pretrain.generative.precision import LossScaler, autocast_context, to_unit_range
 from pretrain.methods.base import PretrainMethod, Wrap
+from pretrain.precision import LossScaler, autocast_context, to_unit_range
 from pretrain.preprocess import Normalize
 
 

@@ -7,7 +7,6 @@ losses' own cross-worker gathers see the same autocast/precision context as the 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from pretrain.config import RunConfig
 from pretrain.encoders import ProjectionHead, create_encoder
 from pretrain.methods.base import PretrainMethod, Wrap
 from pretrain.optim import WarmupCosine, build_optimizer
+from pretrain.precision import LossScaler, autocast_context
 from pretrain.preprocess import Normalize
 
 
@@ -37,14 +37,6 @@ class SimCLRNet(nn.Module):
         return self.loss(z[:n].float(), z[n:].float())
 
 
-def autocast_context(precision: str, device: torch.device):
-    """bf16/fp16 autocast on the device's type; fp32 → no autocast. Loss maths stays fp32 inside the losses."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 class SimCLR(PretrainMethod):
     num_views = 2
 
@@ -58,9 +50,9 @@ class SimCLR(PretrainMethod):
         projector = ProjectionHead(encoder.num_features, m.proj_hidden, m.proj_dim, m.proj_layers,
                                    norm="batch" if m.norm == "batch" else "group")
         self.net = SimCLRNet(encoder, projector, build_loss(cfg.loss))
-        self._train_net: nn.Module = self.net
+        object.__setattr__(self, "_train_net", self.net)  # not a submodule: state_dict holds `net.*` only
         self._device = torch.device("cpu")
-        self._scaler: torch.amp.GradScaler | None = None
+        self._scaler = LossScaler("fp32", self._device)
 
     @property
     def encoder(self) -> nn.Module:
@@ -72,8 +64,7 @@ class SimCLR(PretrainMethod):
         self.optimizers = {"main": opt}
         self.schedulers = {"main": WarmupCosine(opt, total_steps, self.cfg.optim.warmup_fraction,
                                                 self.cfg.optim.min_lr_ratio)}
-        if self.cfg.precision == "fp16":
-            self._scaler = torch.amp.GradScaler(device.type)
+        self._scaler = LossScaler(self.cfg.precision, device)
         object.__setattr__(self, "_train_net", wrap(self.net))  # not registered: state_dict stays unprefixed
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
@@ -82,15 +73,18 @@ class SimCLR(PretrainMethod):
         opt.zero_grad(set_to_none=True)
         with autocast_context(self.cfg.precision, self._device):
             loss = self._train_net(x1, x2)
-        if self._scaler is not None:
-            self._scaler.scale(loss).backward()
-            self._scaler.step(opt)
-            self._scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        self._scaler.backward(loss)
+        self._scaler.step(opt)
+        self._scaler.update()
         self.schedulers["main"].step()
         return {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]}
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "scaler": self._scaler.state_dict()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._scaler.load_state_dict(state.get("scaler", {}))
 
     @torch.no_grad()
     def represent(self, images: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ from pretrain.config import RunConfig
 from pretrain.encoders import create_encoder
 from pretrain.generative.images import save_grid
 from pretrain.generative.networks import ConvDecoder
-from pretrain.generative.precision import LossScaler, autocast_context, to_unit_range
 from pretrain.generative.vae_math import (
     LOGVAR_RANGE,
     bernoulli_log_likelihood,
@@ -30,6 +29,7 @@ from pretrain.generative.vae_math import (
 )
 from pretrain.methods.base import PretrainMethod, Wrap
 from pretrain.optim import WarmupCosine, build_optimizer
+from pretrain.precision import LossScaler, autocast_context, to_unit_range
 from pretrain.preprocess import Normalize
 
 

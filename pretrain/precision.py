@@ -1,4 +1,4 @@
-"""Mixed precision for the generative methods: autocast per ``cfg.precision`` and, for fp16, one GradScaler
+"""Mixed precision for every method: autocast per ``cfg.precision`` and, for fp16, one GradScaler
 shared by all of a step's optimisers (updated once per train step, as torch.amp recommends)."""
 
 from __future__ import annotations
