@@ -1,0 +1,64 @@
+"""`bigbatch probe RUN_DIR|CHECKPOINT --train SHARDS --test SHARDS [--baseline …]`: linear probe + kNN."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("probe", help="linear probe and kNN of a checkpoint's frozen features (and baselines)")
+    p.add_argument("checkpoint", nargs="?", default=None, help="run directory, checkpoint dir or state.pt")
+    p.add_argument("--train", required=True, help="labelled training shards ('digits' for the built-in split)")
+    p.add_argument("--test", required=True, help="held-out shards ('digits-holdout' for the built-in split)")
+    p.add_argument("--baseline", action="append", default=[], choices=["pixels", "pca", "ppca", "random-init"])
+    p.add_argument("--encoder", default=None, help="architecture of random-init without a checkpoint")
+    p.add_argument("--image-size", type=int, default=None, help="needed without a checkpoint")
+    p.add_argument("--no-knn", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _source(name: str) -> str:
+    if name in ("digits", "digits-holdout"):
+        from data_pipeline.builtin import ensure_digits
+        train, holdout = ensure_digits()
+        return str(train if name == "digits" else holdout)
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.run_probe import probe_run
+
+    if args.checkpoint is None and not args.baseline:
+        print("bigbatch probe: give a checkpoint/run directory, or --baseline", file=sys.stderr)
+        return 2
+    if args.checkpoint is None and args.image_size is None:
+        print("bigbatch probe: --image-size is needed without a checkpoint", file=sys.stderr)
+        return 2
+    try:
+        res = probe_run(args.checkpoint, _source(args.train), _source(args.test), baselines=args.baseline,
+                        knn=not args.no_knn, seed=args.seed, device=args.device, image_size=args.image_size,
+                        encoder=args.encoder)
+    except ValueError as exc:
+        print(f"bigbatch probe: {exc}", file=sys.stderr)
+        return 2
+    if not args.json:
+        print(f"{'representation':16s} {'top-1':>7s} {'top-5':>7s} {'kNN':>7s} {'L2':>7s} {'dim':>6s}")
+        rows = ([("checkpoint", res["method"])] if "method" in res else []) + list(res["baselines"].items())
+        for name, r in rows:
+            knn = f"{100 * r['knn_top1']:6.1f}%" if "knn_top1" in r else "      —"
+            print(f"{name:16s} {100 * r['top1']:6.1f}% {100 * r['top5']:6.1f}% {knn} {r['l2']:7.0e} {r['dim']:6d}")
+    print(json.dumps(res))
+    return 0

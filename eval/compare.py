@@ -1,0 +1,33 @@
+"""Several runs side by side: method, loss, batch, steps, time, probe and kNN top-1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+
+def run_row(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise ValueError(f"{run_dir}: not a bigbatch run directory (no config.yaml)")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    summary = json.loads((run_dir / "train_summary.json").read_text()) if (run_dir / "train_summary.json").exists() else {}
+    probe = json.loads((run_dir / "probe.json").read_text()) if (run_dir / "probe.json").exists() else {}
+    m = probe.get("method", {})
+    what = {"simclr": cfg["loss"]["name"], "gan": cfg["gan"]["loss"], "vae": cfg["vae"]["likelihood"]}[cfg["method"]]
+    return {"run": run_dir.name, "method": cfg["method"], "loss": what, "batch": cfg["batch_size"],
+            "steps": summary.get("final", {}).get("step"), "time_s": summary.get("wall_time_s"),
+            "probe_top1": m.get("top1"), "knn_top1": m.get("knn_top1")}
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'run':28s} {'method':7s} {'loss':18s} {'batch':>6s} {'steps':>6s} {'time s':>7s} {'probe':>7s} {'kNN':>7s}"
+    out = [head]
+    for r in rows:
+        pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+        out.append(f"{r['run'][:28]:28s} {r['method']:7s} {r['loss']:18s} {r['batch']:>6} {r['steps'] or '—':>6} "
+                   f"{(r['time_s'] or 0):7.0f} {pct(r['probe_top1']):>7s} {pct(r['knn_top1']):>7s}")
+    return "\n".join(out)

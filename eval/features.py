@@ -1,0 +1,27 @@
+"""Frozen features over a shard stream: every sample once, centre view (no augmentation), in stream order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def extract_features(represent: Callable[[torch.Tensor], torch.Tensor], source: str, image_size: int,
+                     batch_size: int = 256, device: str | torch.device = "cpu",
+                     num_workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(X float32 [n, D], y int64 [n]) with ``represent(uint8 images [b, 3, H, W]) -> [b, D]``."""
+    from data_pipeline.stream import StreamSpec, make_loader
+
+    spec = StreamSpec(source=source, batch_size=batch_size, num_views=1, augment=False, shuffle=False,
+                      equalize=False, image_size=image_size, num_workers=num_workers)
+    feats, labels = [], []
+    for batch in make_loader(spec):
+        x = batch["views"][0].to(device, non_blocking=True)
+        feats.append(represent(x).float().flatten(1).cpu())
+        labels.append(batch["label"].cpu())
+    if not feats:
+        raise ValueError(f"{source}: no samples to extract features from")
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64)

@@ -1,0 +1,95 @@
+"""Probing a checkpoint (and the baselines) on labelled shards; results into the run directory.
+
+``probe_run`` extracts frozen features of the train and test shards once per representation, runs the linear
+probe and the kNN monitor, writes ``probe.json`` and appends a ``{"event": "probe", …}`` line to metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval.baselines import PCA, PPCA, pixels, random_encoder
+from eval.features import extract_features
+from eval.knn import knn_top1
+from eval.probe import linear_probe
+
+BASELINES = ("pixels", "pca", "ppca", "random-init")
+
+
+def evaluate_features(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, *, knn: bool,
+                      seed: int, device: str) -> dict:
+    t0 = time.perf_counter()
+    out = linear_probe(xtr, ytr, xte, yte, seed=seed, device=device).as_dict()
+    if knn:
+        out["knn_top1"] = knn_top1(xtr, ytr, xte, yte, device=device)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def baseline_features(name: str, train: str, test: str, image_size: int, *, encoder: str = "bb_convnet_small",
+                      small_stem: bool = True, norm: str = "batch", components: int = 100, seed: int = 0,
+                      device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if name == "random-init":
+        net = random_encoder(encoder, small_stem, norm, seed).to(device)
+        rep: Callable[[torch.Tensor], torch.Tensor] = net
+    elif name in ("pixels", "pca", "ppca"):
+        rep = pixels
+    else:
+        raise ValueError(f"unknown baseline {name!r} (choose from {', '.join(BASELINES)})")
+    xtr, ytr = extract_features(rep, train, image_size, device=device)
+    xte, yte = extract_features(rep, test, image_size, device=device)
+    if name in ("pca", "ppca"):
+        m = min(components, xtr.shape[1] - 1, xtr.shape[0] - 1)
+        if name == "pca":
+            model = PCA.fit(xtr, m)
+            xtr, xte = model.transform(xtr), model.transform(xte)
+        else:
+            model = PPCA.fit(xtr, m)
+            xtr, xte = model.posterior_mean(xtr), model.posterior_mean(xte)
+    return xtr.astype(np.float32), ytr, xte.astype(np.float32), yte
+
+
+def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str, *, run_dir: str | Path | None = None,
+              baselines: Sequence[str] = (), knn: bool = True, seed: int = 0, device: str = "cpu",
+              image_size: int | None = None, encoder: str | None = None) -> dict:
+    """Probe a checkpoint (run dir, checkpoint dir or state.pt; None: baselines only) and the named baselines."""
+    results: dict = {"train": str(train_source), "test": str(test_source), "seed": seed, "baselines": {}}
+    small_stem, norm = True, "batch"
+    if checkpoint is not None:
+        from pretrain.checkpoint import find_latest_checkpoint, load_method
+        method, cfg = load_method(checkpoint, device=device)
+        image_size = image_size or cfg.data.image_size
+        encoder, small_stem, norm = encoder or cfg.model.encoder, cfg.model.small_stem, cfg.model.norm
+        xtr, ytr = extract_features(method.represent, train_source, image_size, device=device)
+        xte, yte = extract_features(method.represent, test_source, image_size, device=device)
+        results["checkpoint"] = str(find_latest_checkpoint(Path(checkpoint)))
+        results["method"] = evaluate_features(xtr, ytr, xte, yte, knn=knn, seed=seed, device=device)
+    if image_size is None:
+        raise ValueError("image_size is needed when probing baselines without a checkpoint")
+    results["image_size"] = image_size
+    for name in baselines:
+        feats = baseline_features(name, train_source, test_source, image_size, encoder=encoder or "bb_convnet_small",
+                                  small_stem=small_stem, norm=norm, seed=seed, device=device)
+        results["baselines"][name] = evaluate_features(*feats, knn=knn, seed=seed, device=device)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        (run_dir / "probe.json").write_text(json.dumps(results, indent=2))
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"time": time.time(), "event": "probe", **_flat(results)}) + "\n")
+    return results
+
+
+def _flat(results: dict) -> dict:
+    out = {}
+    if "method" in results:
+        out.update(probe_top1=results["method"]["top1"], probe_top5=results["method"]["top5"],
+                   knn_top1=results["method"].get("knn_top1"))
+    for name, r in results["baselines"].items():
+        out[f"{name}_top1"] = r["top1"]
+    return out
