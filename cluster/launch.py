@@ -122,11 +122,14 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
     workers: dict[int, dict[str, Any]] = {}
+    periodic = PeriodicProbe(cfg, run_dir) if cfg.eval.probe and cfg.eval.every_k_checkpoints else None
     while thread.is_alive():
         thread.join(timeout=0.5)
         sink.consume(*ray.get(progress.drain.remote()))
         workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
         _collect_artifacts(run_dir, run_dir.glob("checkpoint_*/artifacts"))
+        if periodic:
+            periodic.poll(sink)
     sink.consume(*ray.get(progress.drain.remote()))
     workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
     wall = time.time() - t0
@@ -158,6 +161,39 @@ def _record_workers(run_dir: Path, current: dict[int, dict[str, Any]], known: di
         tmp.write_text(json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
         os.replace(tmp, run_dir / "workers.json")
     return current
+
+
+class PeriodicProbe:
+    """Probe every k-th checkpoint as it appears in a local run dir (``eval.every_k_checkpoints``); results go to
+    metrics.jsonl as ``{"event": "probe", "step": …}`` lines. Runs on the driver, between progress polls."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir, self.seen = cfg, run_dir, set()
+        self.sources = probe_sources(cfg)
+
+    def poll(self, sink: Any) -> None:
+        if self.sources is None:
+            return
+        for d in sorted(p for p in self.run_dir.glob("checkpoint_*") if (p / "state.pt").is_file()):
+            if d.name in self.seen:
+                continue
+            self.seen.add(d.name)
+            try:
+                step = _checkpoint_step(d)
+                if (step // self.cfg.checkpoint_every) % self.cfg.eval.every_k_checkpoints:
+                    continue
+                from eval.run_probe import probe_run
+                res = probe_run(d, *self.sources, knn=self.cfg.eval.knn, seed=self.cfg.seed)
+            except (OSError, ValueError, RuntimeError) as exc:  # pruned by Ray while being read: say so
+                sink.event("probe_skipped", checkpoint=d.name, reason=str(exc))
+                continue
+            sink.event("probe", step=step, probe_top1=res["method"]["top1"], probe_top5=res["method"]["top5"],
+                       knn_top1=res["method"].get("knn_top1"))
+
+
+def _checkpoint_step(directory: Path) -> int:
+    import torch
+    return int(torch.load(directory / "state.pt", map_location="cpu", weights_only=True)["step"])
 
 
 def _collect_artifacts(run_dir: Path, sources) -> None:

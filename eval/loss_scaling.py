@@ -26,6 +26,7 @@ import torch
 LOSSES = ("ranking", "ranking-blockwise", "binary-all-pairs", "binary", "spectral")
 QUADRATIC = ("ranking", "ranking-blockwise", "binary-all-pairs")
 FLOAT = 4
+FLOOR_MAX_BATCH = 16384  # the matmul floor is timed up to here (it is O(B²) too)
 
 
 @dataclass
@@ -144,7 +145,7 @@ def run_rank(cfg: Config, rank: int = 0) -> dict:
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _maxrss_bytes() - base
     out = {"time_s": statistics.median(times), "peak_bytes": int(peak)}
-    if cfg.loss in ("ranking", "ranking-blockwise") and rank == 0:
+    if cfg.loss in ("ranking", "ranking-blockwise") and rank == 0 and cfg.batch <= FLOOR_MAX_BATCH:
         out["floor_s"] = _floor(cfg, 2 * n)
     return out
 

@@ -18,7 +18,7 @@ def sweep(batches: Sequence[int], dim: int, world_size: int, losses: Sequence[st
     for loss in losses:
         for b in sorted(batches):
             cfg = Config(loss, b, dim=dim, world_size=world_size, block_size=block_size,
-                         repeats=repeats if b <= 65536 else 1)
+                         repeats=repeats if (b < 65536 or loss not in QUADRATIC) and b <= 262144 else 1)
             if loss in QUADRATIC and b > caps.get(loss, b):
                 r = Result(cfg, skipped=f"O(B²) beyond B={caps[loss]} (--max-quadratic)")
             else:

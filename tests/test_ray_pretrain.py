@@ -78,7 +78,9 @@ def _run_in_thread(cfg):
 @pytest.fixture(scope="module")
 def reference(ray_local, tmp_path_factory, digits_shards):
     tmp = tmp_path_factory.mktemp("ray_runs")
-    run_dir = run_pretrain(_cfg(tmp, "reference", digits_shards), show_progress=False)
+    cfg = _cfg(tmp, "reference", digits_shards, "eval.probe=true", "eval.every_k_checkpoints=2",
+               f"data.probe_test={digits_shards['holdout']}", "eval.baselines=[pixels]")
+    run_dir = run_pretrain(cfg, show_progress=False)
     return tmp, run_dir, _losses(run_dir)
 
 
@@ -91,6 +93,13 @@ def test_run_directory(reference):
     assert sorted(summary["workers"]) == ["0", "1"]
     assert (run_dir / "config.yaml").exists() and list((run_dir / "tb").iterdir())
     assert len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == 2  # num_to_keep
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    periodic = [m for m in events if m.get("event") == "probe" and "step" in m]
+    assert [m["step"] for m in periodic] == [8, 16]  # every 2nd of the checkpoints at 4, 8, 12, 16
+    probe = json.loads((run_dir / "probe.json").read_text())
+    assert 0.3 < probe["method"]["top1"] <= 1 and probe["baselines"]["pixels"]["top1"] > 0.9
+    report = (run_dir / "report.md").read_text()
+    assert "this run" in report and "pixels" in report and (run_dir / "loss_curve.png").exists()
 
 
 def test_killed_worker_is_restarted_from_checkpoint(reference, digits_shards):
