@@ -26,6 +26,17 @@ from torch import nn
 from pretrain.losses.distributed import check_equal_shards, gather_with_grad, pair_indices, world
 
 
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[n] row-wise dot products as a batched 1×d·d×1 product: no [n, d] temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _shifted_rowdot(a: torch.Tensor, b: torch.Tensor, m: int) -> torch.Tensor:
+    """[n] with entry i = a_i · b_{(i+m) mod n}."""
+    n = a.shape[0]
+    return torch.cat([_rowdot(a[: n - m], b[m:]), _rowdot(a[n - m:], b[:m])])
+
+
 class BinaryNCE(nn.Module):
     def __init__(self, num_negatives: int = 1, all_pairs: bool = False, init_logit_scale: float = math.log(10.0),
                  init_bias: float | None = None, learnable: bool = True) -> None:
@@ -56,14 +67,12 @@ class BinaryNCE(nn.Module):
         n, k = u1.shape[0], self.num_negatives
         if k >= n:
             raise ValueError(f"binary NCE: num_negatives={k} needs a local batch > {k}, got {n}")
-        anchors = torch.cat([u1, u2])          # 2n anchors
-        others = torch.cat([u2, u1])           # the other view of each anchor's image
-        pos = (anchors * others).sum(1)
-        loss = F.softplus(-(t * pos + b))
-        for m in range(1, k + 1):              # negatives: the other view of image i+m (within each view block)
-            shifted = torch.cat([torch.roll(u2, -m, 0), torch.roll(u1, -m, 0)])
-            loss = loss + F.softplus(t * (anchors * shifted).sum(1) + b)
-        return loss.mean()
+        # s(u1_i, u2_i) is the positive of both anchors u1_i and u2_i: one dot product, counted twice.
+        total = 2 * F.softplus(-(t * _rowdot(u1, u2) + b)).sum()
+        for m in range(1, k + 1):  # negatives: the other view of image (i + m) mod n, read as two slices (no copy)
+            for a, o in ((u1, u2), (u2, u1)):
+                total = total + F.softplus(t * _shifted_rowdot(a, o, m) + b).sum()
+        return total / (2 * n)
 
     def _all_pairs(self, u1: torch.Tensor, u2: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         n = u1.shape[0]
