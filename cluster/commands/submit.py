@@ -11,6 +11,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "runs", "bigbatch_runs", ".pytest_cache", "*.tar"]
@@ -23,11 +24,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env (repeatable)")
     p.add_argument("--wait", action="store_true", help="wait for the job, print its logs, exit with its status")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait")
+    p.add_argument("--connect-timeout", type=float, default=120.0,
+                   help="seconds to keep retrying while the cluster is not yet ready to take jobs")
     p.set_defaults(func=run)
 
 
 def entrypoint(items: list[str]) -> str:
     return " ".join(["python", "-m", "cluster.cli", "pretrain", *map(shlex.quote, items), "--no-progress"])
+
+
+# Messages of a cluster that is up but not yet serving jobs (the dashboard starts before its agents).
+NOT_READY = ("No available agent", "Failed to connect", "Connection refused", "503", "502")
+
+
+def submit_when_ready(make_client: Callable[[], Any], entry: str, runtime_env: dict,
+                      timeout: float) -> tuple[Any, str]:
+    """Submit, retrying with backoff while the cluster answers "not ready"; any other error is raised at once."""
+    deadline, delay = time.time() + timeout, 1.0
+    while True:
+        try:
+            client = make_client()
+            return client, client.submit_job(entrypoint=entry, runtime_env=runtime_env)
+        except (RuntimeError, ConnectionError) as exc:
+            if not any(m in str(exc) for m in NOT_READY) or time.time() + delay > deadline:
+                raise
+            print(f"bigbatch submit: cluster not ready ({str(exc).splitlines()[0][:120]}); retrying in {delay:.0f} s",
+                  file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,11 +74,16 @@ def run(args: argparse.Namespace) -> int:
             return 2
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(args.address)
     runtime_env: dict = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES}
     if args.pip:
         runtime_env["pip"] = args.pip
-    job_id = client.submit_job(entrypoint=entrypoint(items), runtime_env=runtime_env)
+    try:
+        client, job_id = submit_when_ready(lambda: JobSubmissionClient(args.address), entrypoint(items),
+                                           runtime_env, args.connect_timeout)
+    except (RuntimeError, ConnectionError) as exc:
+        print(f"bigbatch submit: the Jobs API at {args.address} did not take the job within "
+              f"{args.connect_timeout:.0f} s: {exc}", file=sys.stderr)
+        return 1
     print(f"submitted job {job_id} to {args.address}")
     print(f"  follow: ray job logs --address {args.address} --follow {job_id}")
     if not args.wait:
