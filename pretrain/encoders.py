@@ -68,6 +68,12 @@ def bb_convnet_small(pretrained: bool = False, **kwargs: object) -> ConvNet:
     return ConvNet(widths=(32, 64, 128), **kwargs)
 
 
+@register_model
+def bb_convnet_medium(pretrained: bool = False, **kwargs: object) -> ConvNet:
+    """~1.2 M parameters: widths 64-128-256 (the CIFAR-10 preset for a few CPU cores)."""
+    return ConvNet(widths=(64, 128, 256), **kwargs)
+
+
 def _small_stem(model: nn.Module) -> nn.Module:
     """3×3 stride-1 first convolution and no max-pool, for 32-px inputs (timm ResNet layout)."""
     if not (hasattr(model, "conv1") and isinstance(model.conv1, nn.Conv2d)):
