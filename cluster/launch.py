@@ -65,8 +65,10 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         import pretrain
         ray.init(address=address, runtime_env={"py_modules": [data_pipeline, pretrain, eval_pkg, cluster]})
     else:
-        # An embedded instance serves this machine only: bind it to the loopback interface.
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        # An embedded instance serves this machine only: bind it to the loopback interface. address="local"
+        # always starts a new instance: without it ray.init() attaches to whatever Ray was started last on
+        # this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  _node_ip_address="127.0.0.1")
 
 

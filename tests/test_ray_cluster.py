@@ -92,3 +92,14 @@ def test_submit_rejects_bad_config_locally(two_node_cluster):
     out = subprocess.run([sys.executable, "-m", "cluster.cli", "submit", "loss.name=bogus", "--address",
                           two_node_cluster["dashboard"]], capture_output=True, text=True, env=LOOPBACK_ENV)
     assert out.returncode == 2 and "loss.name" in out.stderr
+
+
+def test_embedded_run_never_attaches_to_another_ray(digits_shards, tmp_path):
+    """Without --address a run starts its own Ray, even when RAY_ADDRESS (or Ray's record of the last cluster
+    started on this machine) names another one: here a dead address, which plain ray.init() would try to join."""
+    env = {**LOOPBACK_ENV, "RAY_ADDRESS": f"127.0.0.1:{_free_port()}"}
+    items = [i for i in _overrides(digits_shards, tmp_path, "own-ray") if not i.startswith("steps=")]
+    cmd = [sys.executable, "-m", "cluster.cli", "pretrain", *items, "steps=2", "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "own-ray" / "train_summary.json").read_text())["final"]["step"] == 2
