@@ -58,7 +58,11 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    if address:
+    if address == "auto":
+        # The cluster this process already belongs to: RAY_ADDRESS (set for a Ray Jobs API / KubeRay job, whose
+        # working_dir or image carries the code) or the cluster `ray start` made on this node.
+        ray.init(address="auto")
+    elif address:
         import cluster
         import data_pipeline
         import eval as eval_pkg

@@ -104,7 +104,9 @@ def assert_ddp_matches(r0: dict, r1: dict, ref: dict) -> None:
                                    msg=lambda m, k=k: f"DDP gradient ≠ one process in {k}: {m}")
     for k, v in ref["params"].items():
         assert torch.equal(r0["params"][k], r1["params"][k]), f"replicas differ in {k}"
-        torch.testing.assert_close(r0["params"][k], v, atol=1e-6, rtol=1e-5,
+        # Parameters carry the summation-order noise of every step so far (seen: 2e-6 after 3 steps under load);
+        # a wrong gradient scale is caught above, relative to the gradient's size.
+        torch.testing.assert_close(r0["params"][k], v, atol=1e-5, rtol=1e-4,
                                    msg=lambda m, k=k: f"DDP ≠ one process in {k}: {m}")
 
 

@@ -19,9 +19,12 @@ pytestmark = pytest.mark.slow
 CLUSTER_SCRIPT = r"""
 import json, sys
 from ray.cluster_utils import Cluster
-port = int(sys.argv[1])
+port, agent_port = int(sys.argv[1]), int(sys.argv[2])
+# The head's job agent gets a free port: its default (52365) may be held by another Ray on this machine (the
+# test session's embedded instance), and a head without an agent answers every job "No available agent".
 c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
-            "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+            "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+            "dashboard_agent_listen_port": agent_port})
 c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 c.wait_for_nodes()
 print(json.dumps({"address": c.address, "dashboard": f"http://127.0.0.1:{port}"}), flush=True)
@@ -43,7 +46,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def two_node_cluster():
-    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, str(_free_port())], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, str(_free_port()), str(_free_port())], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=LOOPBACK_ENV)
     try:
         line = proc.stdout.readline()

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def entrypoint(items: list[str]) -> str:
-    return " ".join(["python", "-m", "cluster.cli", "pretrain", *map(shlex.quote, items), "--no-progress"])
+    """The job's driver joins the cluster it runs on (`--address auto`: the RAY_ADDRESS the Jobs API sets)."""
+    return " ".join(["python", "-m", "cluster.cli", "pretrain", *map(shlex.quote, items), "--address", "auto",
+                     "--no-progress"])
 
 
 # Messages of a cluster that is up but not yet serving jobs (the dashboard starts before its agents).

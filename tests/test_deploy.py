@@ -1,0 +1,74 @@
+"""The deployment manifests parse, point at files that exist, and carry bigbatch commands that the CLI accepts and
+that fit the resources they ask for."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+import ray
+import yaml
+
+from cluster.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "cluster" / "deploy"
+
+
+def _resolved(argv: list[str]) -> dict:
+    """The run config a `bigbatch pretrain …` command line resolves to (through the real CLI, --print-config)."""
+    assert argv[:2] == ["bigbatch", "pretrain"], argv
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*argv[1:], "--print-config"]) == 0
+    return yaml.safe_load(out.getvalue())
+
+
+def test_rayjob_entrypoint_is_a_valid_job_for_its_cluster():
+    job = yaml.safe_load((DEPLOY / "rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert (ROOT / argv[2]).is_file(), f"{argv[2]} is not in the repository (the image's workingDir)"
+    cfg = _resolved(argv)
+    assert cfg["cluster"]["address"] == "auto"  # the driver joins the RayJob's cluster, never starts its own
+    assert cfg["data"]["train"].startswith("s3://") and cfg["cluster"]["storage_path"].startswith("s3://")
+
+    spec = job["spec"]["rayClusterSpec"]
+    assert spec["rayVersion"] == ray.__version__
+    groups = spec["workerGroupSpecs"]
+    assert cfg["cluster"]["workers"] == sum(g["replicas"] for g in groups)
+    head_image = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    for g in groups:
+        container = g["template"]["spec"]["containers"][0]
+        limits = container["resources"]["limits"]
+        assert container["image"] == head_image and container["workingDir"] == "/app"
+        assert cfg["cluster"]["gpus_per_worker"] <= float(limits.get("nvidia.com/gpu", 0))
+        assert cfg["cluster"]["cpus_per_worker"] <= float(limits["cpu"])
+
+
+def test_ray_up_cluster_config_and_its_submit_command():
+    text = (DEPLOY / "ray-cluster.yaml").read_text()
+    cluster = yaml.safe_load(text)
+    assert cluster["head_node_type"] in cluster["available_node_types"]
+    assert ray.__version__ in cluster["docker"]["image"]
+    (mount, source), = cluster["file_mounts"].items()
+    assert (ROOT / source).resolve() == ROOT  # `ray up` from the repository root mounts the project
+    assert any(mount in cmd and "pip install" in cmd for cmd in cluster["setup_commands"])
+    assert any("--head" in c for c in cluster["head_start_ray_commands"])
+    assert any("--address=$RAY_HEAD_IP" in c for c in cluster["worker_start_ray_commands"])
+    assert sum(t.get("max_workers", 0) for t in cluster["available_node_types"].values()) >= 1
+
+    # The submit command in the header comment, joined across its continuation lines.
+    comment = " ".join(line.lstrip("# ").rstrip("\\ ") for line in text.splitlines() if line.startswith("#"))
+    submit = re.search(r"bigbatch submit (.*?--address \S+)", comment)
+    assert submit, "no `bigbatch submit` command in the header"
+    argv = shlex.split(submit.group(1))
+    address = argv[argv.index("--address") + 1]
+    items = argv[: argv.index("--address")]
+    assert address.startswith("http") and (ROOT / items[0]).is_file()
+    cfg = _resolved(["bigbatch", "pretrain", *items])
+    assert cfg["cluster"]["gpus_per_worker"] >= 1
+    assert cfg["cluster"]["workers"] <= cluster["available_node_types"]["gpu_worker"]["max_workers"]
