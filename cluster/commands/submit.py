@@ -10,8 +10,9 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "runs", "bigbatch_runs", ".pytest_cache", "*.tar"]
