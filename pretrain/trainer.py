@@ -83,8 +83,8 @@ class Trainer:
         threads = cfg.cluster.threads_per_worker or max(1, int(cfg.cluster.cpus_per_worker))
         torch.set_num_threads(threads)
         if device.type == "cpu":
-            # Saturated sigmoids/softmaxes send denormal gradients through backward, which x86 cores process
-            # ~100x slower: a CIFAR binary-NCE run fell from ~1.4 to ~9 s a step. Flush them to zero.
+            # Saturated sigmoids/softmaxes send denormal gradients through backward, which x86 cores process far
+            # more slowly: a CIFAR binary-NCE window took 45 s for 5 steps, 13 s with flushing. Flush them to zero.
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.seed * 1000 + rank)
         if cfg.deterministic:

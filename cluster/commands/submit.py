@@ -37,7 +37,7 @@ def entrypoint(items: list[str]) -> str:
 
 
 # Messages of a cluster that is up but not yet serving jobs (the dashboard starts before its agents).
-NOT_READY = ("No available agent", "Failed to connect", "Connection refused", "503", "502")
+NOT_READY = ("No available agent", "Failed to connect", "Connection refused", "status code 502", "status code 503")
 
 
 def submit_when_ready(make_client: Callable[[], Any], entry: str, runtime_env: dict,
