@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from pretrain.config import RunConfig
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"  # package data: shipped in wheels too
 
 
 class ConfigError(ValueError):
@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 def find_config(name_or_path: str) -> Path:
-    """A YAML path, or the name of a preset in configs/ (with or without .yaml)."""
+    """A YAML path, or the name of a preset in cluster/presets/ (with or without .yaml)."""
     p = Path(name_or_path)
     if p.is_file():
         return p

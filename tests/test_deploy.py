@@ -1,4 +1,4 @@
-"""The deployment manifests parse, point at files that exist, and carry bigbatch commands that the CLI accepts and
+"""The deployment manifests parse, name presets that ship with the package, and carry bigbatch commands that the CLI accepts and
 that fit the resources they ask for."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import ray
 import yaml
 
 from cluster.cli import main
+from cluster.run_config import PRESET_DIR, find_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "cluster" / "deploy"
@@ -31,7 +32,7 @@ def test_rayjob_entrypoint_is_a_valid_job_for_its_cluster():
     job = yaml.safe_load((DEPLOY / "rayjob.yaml").read_text())
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     argv = shlex.split(job["spec"]["entrypoint"])
-    assert (ROOT / argv[2]).is_file(), f"{argv[2]} is not in the repository (the image's workingDir)"
+    assert find_config(argv[2]).parent == PRESET_DIR, f"{argv[2]} is not a preset shipped with the package"
     cfg = _resolved(argv)
     assert cfg["cluster"]["address"] == "auto"  # the driver joins the RayJob's cluster, never starts its own
     assert cfg["data"]["train"].startswith("s3://") and cfg["cluster"]["storage_path"].startswith("s3://")
@@ -68,7 +69,7 @@ def test_ray_up_cluster_config_and_its_submit_command():
     argv = shlex.split(submit.group(1))
     address = argv[argv.index("--address") + 1]
     items = argv[: argv.index("--address")]
-    assert address.startswith("http") and (ROOT / items[0]).is_file()
+    assert address.startswith("http") and find_config(items[0]).parent == PRESET_DIR
     cfg = _resolved(["bigbatch", "pretrain", *items])
     assert cfg["cluster"]["gpus_per_worker"] >= 1
     assert cfg["cluster"]["workers"] <= cluster["available_node_types"]["gpu_worker"]["max_workers"]

@@ -58,6 +58,36 @@ def test_cpu_trainer_flushes_denormals(tmp_path, digits_shards):
     assert float(torch.tensor([1e-39]) * 1.0) == 0.0
 
 
+def _first_steps(tmp_path, digits_shards, channels_last: bool):
+    """Losses of 3 deterministic steps, and whether the weights and the views the method saw were NHWC."""
+    cfg = load_run_config(None, [*TINY, f"data.train={digits_shards['train']}", "batch_size=64", "steps=3",
+                                 "log_every=1", "checkpoint_every=1000", "cluster.workers=1", "deterministic=true",
+                                 f"channels_last={str(channels_last).lower()}"])
+    hooks = LocalHooks(tmp_path / f"cl{channels_last}")
+    trainer = Trainer(cfg, rank=0, world_size=1, device=torch.device("cpu"), hooks=hooks)
+    seen, step = [], trainer.method.train_step
+
+    def recording_step(batch, i):
+        seen.append(all(v.is_contiguous(memory_format=torch.channels_last) for v in batch["views"]))
+        return step(batch, i)
+
+    trainer.method.train_step = recording_step
+    trainer.fit()
+    convs = [m.weight for m in trainer.method.modules() if isinstance(m, torch.nn.Conv2d)]
+    weights_nhwc = all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    return [m["loss"] for m in hooks.logs], weights_nhwc, seen
+
+
+def test_channels_last_changes_layout_not_numbers(tmp_path, digits_shards):
+    """channels_last=true hands NHWC weights and views to the method; the losses match the NCHW run."""
+    nhwc_loss, nhwc_weights, nhwc_views = _first_steps(tmp_path, digits_shards, True)
+    nchw_loss, nchw_weights, nchw_views = _first_steps(tmp_path, digits_shards, False)
+    assert nhwc_weights and nhwc_views == [True] * 3
+    assert not nchw_weights and nchw_views == [False] * 3
+    assert nhwc_loss == pytest.approx(nchw_loss, rel=1e-4, abs=1e-5)
+    assert nhwc_loss[-1] != pytest.approx(nhwc_loss[0], rel=1e-3)
+
+
 # -- 2 workers × N/2 against 1 worker × N ------------------------------------------------------------------
 GLOBAL, STEPS = 32, 4
 

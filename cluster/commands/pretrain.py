@@ -9,7 +9,7 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "pretrain", help="pretrain an encoder (default: SimCLR on the built-in digits, 2 local Ray workers)",
-        description="Pretrain with Ray Train. CONFIG is a YAML file or a preset name in configs/; "
+        description="Pretrain with Ray Train. CONFIG is a YAML file or a preset name (cluster/presets/); "
                     "overrides are KEY=VALUE with dotted keys, e.g. loss.name=spectral batch_size=512.")
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE")
     p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or ray://…; 'auto': the one this process runs in, "
