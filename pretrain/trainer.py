@@ -75,7 +75,7 @@ def _reduce_over_ranks(mean: dict[str, float], total: dict[str, float], device: 
     return dict(zip(keys_m + keys_t, t.tolist(), strict=True))
 
 
-def _to_device(x: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
     """Move a batch of images to the device, NHWC when ``memory_format`` is channels_last (4-d tensors only)."""
     if x.dim() == 4:
         return x.to(device, non_blocking=True, memory_format=memory_format)
@@ -99,10 +99,9 @@ class Trainer:
         method = build_method(cfg)
         if device.type == "cuda" and cfg.model.sync_batchnorm and world_size > 1:
             method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        self.method: PretrainMethod = method.to(device)
+        # NHWC: 4-d weights only, before the DDP wrap so its buckets match the gradients' layout
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        if cfg.channels_last:  # 4-d weights only; before the DDP wrap so its buckets match the gradients' layout
-            self.method.to(memory_format=torch.channels_last)
+        self.method: PretrainMethod = method.to(device, memory_format=self.memory_format)
         self.spec = stream_spec(cfg, world_size, method.num_views, augment=getattr(method, "augment", True))
         self.steps_per_epoch = len(self._loader(epoch=0, start_batch=0))
         if self.steps_per_epoch == 0:
@@ -147,7 +146,7 @@ class Trainer:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     break
                 window_wait += time.perf_counter() - t0
-                batch["views"] = [_to_device(v, self.device, self.memory_format) for v in batch["views"]]
+                batch["views"] = [to_device(v, self.device, self.memory_format) for v in batch["views"]]
                 metrics = self.method.train_step(batch, self.step)
                 self.step += 1
                 self.batch_in_epoch += 1

@@ -1,4 +1,4 @@
-"""`bigbatch bench data|losses|train`: benchmarks that print a table and one JSON line of ratios."""
+"""`bigbatch bench data|losses|train|layout`: benchmarks that print a table and one JSON line of ratios."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ BENCH_MODULES = (
     "cluster.commands.bench_data",
     "cluster.commands.bench_losses",
     "cluster.commands.bench_train",
+    "cluster.commands.bench_layout",
 )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: data, losses, train")
+    parser = subparsers.add_parser("bench", help="benchmarks: data, losses, train, layout")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     for name in BENCH_MODULES:
         try:
