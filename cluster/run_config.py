@@ -11,12 +11,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from data_pipeline.errors import UserInputError
 from pretrain.config import RunConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"  # package data: shipped in wheels too
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A run configuration that cannot be used; the message names the source and the key."""
 
 

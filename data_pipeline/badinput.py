@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from data_pipeline.errors import UserInputError
+
 KINDS = ("undecodable_image", "missing_image", "truncated_tar", "empty_shard", "unreadable_shard")
 
 
-class BadInputError(RuntimeError):
+class BadInputError(UserInputError):
     """Too many bad samples: the message names the last bad shard and sample."""
 
 
