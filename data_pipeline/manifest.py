@@ -12,6 +12,7 @@ of that kind (as they would count a manifest's) and ``max_bad_fraction`` sees th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import posixpath
 from dataclasses import asdict, dataclass, field
@@ -118,6 +119,15 @@ def mismatch_message(url: str, what: str) -> str:
     """The one message for a manifest that does not describe its shard."""
     return (f"{url}: {what}: manifest.json does not describe this shard (an interrupted write or a changed file); "
             "write the shards again, or remove manifest.json to read the tars as they are")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a local file (the manifest's ``sha256`` field)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_manifest(location: str | Path) -> Manifest:
