@@ -49,9 +49,9 @@ class IOOptions:
 
     @classmethod
     def from_env(cls) -> IOOptions:
-        """Defaults overridden by ``BIGBATCH_IO_TIMEOUT``, ``BIGBATCH_IO_RETRIES``, ``BIGBATCH_IO_BACKOFF``."""
+        """Defaults overridden by ``BIGBATCH_IO_TIMEOUT``, ``_RETRIES``, ``_BACKOFF`` and ``_BLOCK_SIZE``."""
         values: dict[str, Any] = {}
-        for field_, kind in (("timeout", float), ("retries", int), ("backoff", float)):
+        for field_, kind in (("timeout", float), ("retries", int), ("backoff", float), ("block_size", int)):
             var = f"BIGBATCH_IO_{field_.upper()}"
             raw = os.environ.get(var)
             if raw is None:
@@ -60,8 +60,9 @@ class IOOptions:
                 values[field_] = kind(raw)
             except ValueError:
                 raise UserInputError(f"{var}={raw!r}: not a {kind.__name__}") from None
-            if values[field_] < 0 or (field_ == "timeout" and values[field_] == 0):
-                raise UserInputError(f"{var}={raw!r}: must be {'> 0' if field_ == 'timeout' else '>= 0'}")
+            positive = field_ in ("timeout", "block_size")
+            if values[field_] < 0 or (positive and values[field_] == 0):
+                raise UserInputError(f"{var}={raw!r}: must be {'> 0' if positive else '>= 0'}")
         return cls(**values)
 
 
