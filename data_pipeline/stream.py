@@ -80,7 +80,8 @@ def load_source(source: Any) -> Manifest:
     key = repr(source)
     local = Path(str(source)) / "manifest.json" if isinstance(source, str | Path) else None
     if local is not None and local.exists():
-        key += f"@{local.stat().st_mtime_ns}"  # a rewritten local manifest is read again
+        st = local.stat()
+        key += f"@{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"  # a rewritten local manifest is read again
     if key not in _MANIFESTS:
         _MANIFESTS[key] = resolve_shards(source)
     return _MANIFESTS[key]

@@ -86,9 +86,9 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
 
 
 def check_image(src: Source, i: int, verify: bool = False) -> str:
-    """Why sample ``i`` of ``src`` is not a usable image ('' when it is): its header is read (only the header
-    of an image folder's file); with ``verify`` the image is fully decoded by the stream's decoder."""
-    from PIL import Image
+    """Why sample ``i`` of ``src`` is not a usable image ('' when it is): its header is parsed (an image folder's
+    file is read only that far); with ``verify`` the image is fully decoded by the stream's decoder."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         if src.files is not None and not verify:
@@ -109,8 +109,8 @@ def check_image(src: Source, i: int, verify: bool = False) -> str:
             return ""
         with Image.open(io.BytesIO(data)):
             return ""
-    except OSError as exc:  # PIL's UnidentifiedImageError is an OSError too
-        return f"not an image ({exc.strerror or exc})"
+    except UnidentifiedImageError:
+        return "not an image (no known image header)"
     except Exception as exc:  # noqa: BLE001 — any failure to parse the header
         return f"not an image ({type(exc).__name__}: {exc})"
 
