@@ -131,40 +131,39 @@ class WorkerStream:
             check_end = not info.failure and seg.stop == info.samples  # this reader meets the shard's end
             got = seg.start
             failure, detail = "", ""
-            if seg.start < stop:
-                try:
-                    def wanted(p: int, a: int = seg.start, b: int = stop, w: np.ndarray = want) -> bool:
-                        return a <= p < b and bool(w[p - a])
+            try:
+                def wanted(p: int, a: int = seg.start, b: int = stop, w: np.ndarray = want) -> bool:
+                    return a <= p < b and bool(w[p - a])
 
-                    for pos, key, files in iter_grouped(url, want=wanted, expect_bytes=info.bytes):
-                        if pos < seg.start:
-                            continue
-                        if pos >= stop:
-                            if check_end:
-                                raise ManifestMismatch(mismatch_message(
-                                    url, f"more samples than the {info.samples} manifest.json lists"))
-                            break
-                        got = pos + 1
-                        raw = _Raw(info.name, key, cls_label(files, info.labels[pos] if pos < len(info.labels) else -1),
-                                   seg.lap)
-                        if want[pos - seg.start]:
-                            member = image_member(files)
-                            if member is None:
-                                raw.bad = "missing_image"
-                            else:
-                                raw.ext, raw.data = member
-                        yield base + pos - seg.start, raw
-                        if got >= stop and not check_end:
-                            break
-                except UnreadableShard as exc:
-                    failure, detail = "unreadable_shard", str(exc)
-                except TruncatedShard as exc:
-                    failure, detail = "truncated_tar", str(exc)
-                if got < stop and not failure:
-                    if not info.failure:
-                        raise ManifestMismatch(mismatch_message(
-                            url, f"{got} samples, but manifest.json lists {info.samples}"))
-                    failure, detail = "truncated_tar", f"{got} of {len(info.keys)} counted samples"
+                shard = iter_grouped(url, want=wanted, expect_bytes=info.bytes) if seg.start < stop else ()
+                for pos, key, files in shard:
+                    if pos < seg.start:
+                        continue
+                    if pos >= stop:
+                        if check_end:
+                            raise ManifestMismatch(mismatch_message(
+                                url, f"more samples than the {info.samples} manifest.json lists"))
+                        break
+                    got = pos + 1
+                    label = cls_label(files, info.labels[pos] if pos < len(info.labels) else -1)
+                    raw = _Raw(info.name, key, label, seg.lap)
+                    if want[pos - seg.start]:
+                        member = image_member(files)
+                        if member is None:
+                            raw.bad = "missing_image"
+                        else:
+                            raw.ext, raw.data = member
+                    yield base + pos - seg.start, raw
+                    if got >= stop and not check_end:
+                        break
+            except UnreadableShard as exc:
+                failure, detail = "unreadable_shard", str(exc)
+            except TruncatedShard as exc:
+                failure, detail = "truncated_tar", str(exc)
+            if got < stop and not failure:
+                if not info.failure:
+                    raise ManifestMismatch(mismatch_message(url, f"{got} samples, but manifest.json lists {info.samples}"))
+                failure, detail = "truncated_tar", f"{got} of {len(info.keys)} counted samples"
             if got < seg.stop and not failure:
                 failure, detail = info.failure_kind, info.failure.split(": ", 1)[-1]
             for pos in range(got, seg.stop):
