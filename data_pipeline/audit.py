@@ -87,7 +87,8 @@ def inspect_shards(source: Any, decode_images: bool = True) -> dict[str, Any]:
             record(notes, classes)
             if failure:
                 lost = max(info.samples - got, 0)
-                note(failure[0], f"{failure[1]} [{lost} samples]", lost)
+                estimated = " estimated: no manifest.json" if readable is not None else ""
+                note(failure[0], f"{failure[1]} [{lost} samples{estimated}]", lost)
         if not mismatch and "://" not in url and info.sha256 and Path(url).exists() and sha256_file(url) != info.sha256:
             checksum.append(info.name)
         shards_out.append({"name": info.name, "expected": info.samples, "read": got, "good": good,

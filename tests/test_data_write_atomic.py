@@ -65,11 +65,13 @@ def test_disk_full_write_leaves_the_previous_dataset(old, monkeypatch):
         return real(self, obj)
 
     monkeypatch.setattr(webdataset.writer.TarWriter, "write", full)
-    with pytest.raises(UserInputError, match=rf"No space left on device \(writing {old} stopped; it was left as it"):
+    with pytest.raises(Exception) as info:   # noqa: B017 — the state is checked first, then the error
         write_shards("digits", old, shard_size=200, seed=1)
     assert len(calls) > 700
     assert_previous_dataset(old, before)
     assert sorted(p.name for p in old.parent.iterdir()) == ["shards"]    # no temporary directory left
+    assert isinstance(info.value, UserInputError)
+    assert str(info.value).startswith(f"No space left on device (writing {old} stopped; it was left as it was)")
 
 
 FULL_SCRIPT = """
@@ -172,23 +174,34 @@ def test_failed_publish_puts_the_previous_dataset_back(old, monkeypatch):
 
 
 def test_holdout_pair_is_never_old_and_new_side_by_side(tmp_path, monkeypatch):
-    """Both splits' old directories are moved aside before either new one is renamed in."""
-    import data_pipeline.writer as writer
+    """What a reader finds whenever a shard is started or a directory renamed: both splits old, both new, or one
+    of them missing; never a new training split beside the old holdout (or the reverse)."""
+    import webdataset.writer
 
     out, hold = tmp_path / "train", tmp_path / "hold"
     write_shards("digits", out, holdout=0.2, holdout_dir=hold, shard_size=256, seed=0)
-    real = os.rename
     states = []
 
-    def rename(a, b):
-        real(a, b)
-        states.append({d.name: (load_manifest(d).seed if d.exists() else None) for d in (out, hold)})
+    def look() -> None:
+        states.append({d.name: (load_manifest(d).seed if (d / "manifest.json").exists() else None) for d in (out, hold)})
 
-    monkeypatch.setattr(writer.os, "rename", rename)
+    real_rename, real_init = os.rename, webdataset.writer.TarWriter.__init__
+
+    def rename(a, b):
+        real_rename(a, b)
+        look()
+
+    def init(self, *args, **kwargs):
+        look()
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(webdataset.writer.TarWriter, "__init__", init)
     write_shards("digits", out, holdout=0.2, holdout_dir=hold, shard_size=256, seed=5)
+    look()
     for state in states:
         assert None in state.values() or len(set(state.values())) == 1, states
-    assert states[-1] == {"train": 5, "hold": 5}
+    assert states[-1] == {"train": 5, "hold": 5} and len(states) > 4
 
 
 def test_stream_refuses_tars_its_manifest_does_not_describe(old, tmp_path, capsys):
