@@ -97,8 +97,8 @@ def _http_status(exc: BaseException) -> int | None:
 
 
 def permanent(exc: BaseException) -> bool:
-    """Whether retrying cannot help: an HTTP 4xx (but 408/425/429), a missing or forbidden file, a size mismatch;
-    connection failures, timeouts and 5xx are transient."""
+    """Whether retrying cannot help: an HTTP 4xx (but 408/425/429), a missing or forbidden file, a size mismatch,
+    a missing fsspec backend, a bad URL; connection failures, timeouts and 5xx are transient (as is anything else)."""
     status = _http_status(exc)
     if status is not None:
         return 400 <= status < 500 and status not in (408, 425, 429)
@@ -107,7 +107,7 @@ def permanent(exc: BaseException) -> bool:
                 type(e).__module__.split(".")[0] == "aiohttp":
             return False
     return isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError |
-                      TruncatedShard | ManifestMismatch)
+                      ImportError | ValueError | TruncatedShard | ManifestMismatch)
 
 
 def describe(exc: BaseException) -> str:

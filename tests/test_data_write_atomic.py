@@ -90,9 +90,10 @@ before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdi
 try:
     write_shards("digits", out, shard_size=100, seed=1)
     print(json.dumps({"error": None}))
-except UserInputError as exc:
+except Exception as exc:
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()}
-    print(json.dumps({"error": str(exc), "same": before == after, "entries": sorted(p.name for p in root.iterdir())}))
+    print(json.dumps({"error": str(exc), "user_error": isinstance(exc, UserInputError), "same": before == after,
+                      "entries": sorted(p.name for p in root.iterdir())}))
 """
 
 
@@ -115,26 +116,26 @@ def test_disk_full_on_a_small_tmpfs(tmp_path):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["error"] and "No space left on device" in result["error"]
     assert result["same"] is True and result["entries"] == ["shards"]
+    assert result["user_error"] is True
 
 
 KILLED_SCRIPT = """
 import sys, time
-from data_pipeline.sources import digits
+import webdataset.writer
 from data_pipeline.writer import write_shards
 
-src = digits()
-read = src.read
-calls = [0]
+real = webdataset.writer.TarWriter.write
+written = [0]
 
-def slow(i):
-    calls[0] += 1
-    if calls[0] == len(src) + 700:       # the image checks read every sample once; then 700 samples are written
+def slow(self, obj):
+    written[0] += 1
+    if written[0] == 700:                # 700 samples written: stop here until killed
         print("writing", flush=True)
         time.sleep(600)
-    return read(i)
+    return real(self, obj)
 
-src.read = slow
-write_shards(src, sys.argv[1], shard_size=200, seed=1)
+webdataset.writer.TarWriter.write = slow
+write_shards("digits", sys.argv[1], shard_size=200, seed=1)
 """
 
 
@@ -155,8 +156,6 @@ def test_killed_writer_leaves_the_previous_dataset(old, tmp_path):
 
 
 def test_failed_publish_puts_the_previous_dataset_back(old, monkeypatch):
-    import data_pipeline.writer as writer
-
     before = snapshot(old)
     real = os.rename
 
@@ -165,10 +164,10 @@ def test_failed_publish_puts_the_previous_dataset_back(old, monkeypatch):
             raise OSError(errno.EIO, "Input/output error", str(a))
         return real(a, b)
 
-    monkeypatch.setattr(writer.os, "rename", rename)
+    monkeypatch.setattr(os, "rename", rename)
     with pytest.raises(UserInputError, match="Input/output error"):
         write_shards("digits", old, shard_size=200, seed=1)
-    monkeypatch.setattr(writer.os, "rename", real)
+    monkeypatch.setattr(os, "rename", real)
     assert_previous_dataset(old, before)
     assert sorted(p.name for p in old.parent.iterdir()) == ["shards"]
 
