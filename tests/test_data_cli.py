@@ -63,10 +63,8 @@ def bigbatch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
-def test_shards_commands_answer_user_mistakes_in_one_line(tmp_path, small_shards, capsys, monkeypatch):
-    from cluster.cli import main
-
-    monkeypatch.setenv("BIGBATCH_IO_RETRIES", "0")
+def user_mistakes(tmp_path: Path, small_shards: Path) -> list[tuple[tuple[str, ...], str]]:
+    """(arguments of `bigbatch shards`, what its one-line message says) for each mistake."""
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     bad_json = tmp_path / "badjson"
@@ -83,7 +81,7 @@ def test_shards_commands_answer_user_mistakes_in_one_line(tmp_path, small_shards
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]                      # closed on exit: connections are refused
     missing = tmp_path / "missing"
-    cases = [
+    return [
         (("inspect", str(missing)), f"{missing}: no such file or directory"),
         (("plan", str(missing)), f"{missing}: no such file or directory"),
         (("write", str(missing), str(tmp_path / "out")), f"{missing}: no such directory"),
@@ -99,15 +97,26 @@ def test_shards_commands_answer_user_mistakes_in_one_line(tmp_path, small_shards
         (("inspect", f"http://127.0.0.1:{port}/"), f"http://127.0.0.1:{port}/manifest.json: cannot open ("),
         (("plan", f"http://127.0.0.1:{port}/shards/manifest.json"), "cannot open (ConnectionRefusedError"),
     ]
-    for args, message in cases:
+
+
+def test_shards_commands_answer_user_mistakes_in_one_line(tmp_path, small_shards, capsys, monkeypatch):
+    from cluster.cli import main
+
+    monkeypatch.setenv("BIGBATCH_IO_RETRIES", "0")
+    for args, message in user_mistakes(tmp_path, small_shards):
         assert main(["shards", *args]) == 2, args
         out, err = capsys.readouterr()
         assert err.startswith("bigbatch shards: ") and message in err, (args, err)
         assert err.count("\n") == 1 and out == "", (args, err)
-    # the command a user types: one per subcommand (each start imports the CLI)
-    for args, message in (cases[0], cases[8], cases[2]):
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_bigbatch_command_answers_user_mistakes_without_a_traceback(tmp_path, small_shards):
+    """As a user types it (each start imports the CLI): exit code 2, one line, no traceback."""
+    cases = user_mistakes(tmp_path, small_shards)
+    for args, message in (cases[0], cases[8], cases[2], cases[12]):
         r = bigbatch("shards", *args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.startswith("bigbatch shards: ") and message in r.stderr, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and r.stdout == "", (args, r.stderr)
-    assert not (tmp_path / "out").exists()

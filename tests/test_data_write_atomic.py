@@ -97,6 +97,7 @@ except Exception as exc:
 """
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_small_tmpfs(tmp_path):
     """A real ENOSPC: a 600 KiB tmpfs in a private mount namespace (skips where unprivileged namespaces are off)."""
     if shutil.which("unshare") is None:
@@ -139,6 +140,7 @@ write_shards("digits", sys.argv[1], shard_size=200, seed=1)
 """
 
 
+@pytest.mark.slow
 def test_killed_writer_leaves_the_previous_dataset(old, tmp_path):
     before = snapshot(old)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_SCRIPT, str(old)], stdout=subprocess.PIPE, text=True)
