@@ -193,7 +193,7 @@ def test_write_reports_bad_files_by_name_and_skips_them(tmp_path, messy_folder, 
     assert "skipped 2 bad image files" in out
     assert f"{messy_folder / '3' / 'empty.png'}: empty file (0 bytes)" in out
     assert f"{messy_folder / '4' / 'page.jpg'}: not an image (no known image header)" in out
-    assert "ignored 1 files" in out and "notes.txt" in out
+    assert "ignored 1 file (no image extension, or outside a class folder)" in out and "notes.txt" in out
     keys = {k for s in load_manifest(tmp_path / "out").shards for k in s.keys}
     assert len(keys) == 301 and "5_cut" in keys and "3_empty" not in keys and "4_page" not in keys
     assert main(["shards", "write", str(messy_folder), str(tmp_path / "verified"), "--verify"]) == 0

@@ -79,14 +79,14 @@ def run_write(args: argparse.Namespace) -> int:
     if r.holdout is not None:
         print(f"{r.holdout_dir}: {r.holdout.num_samples} held-out samples in {len(r.holdout.shards)} shards")
     if r.bad:
-        print(f"skipped {len(r.bad)} bad image files (not written; --strict refuses them):")
+        print(f"skipped {len(r.bad)} bad image file{'s' * (len(r.bad) != 1)} (not written; --strict refuses them):")
         for f, why in r.bad[:20]:
             print(f"  {f}: {why}")
         if len(r.bad) > 20:
             print(f"  … and {len(r.bad) - 20} more")
     if r.ignored:
         shown = ", ".join(r.ignored[:5]) + (f", … ({len(r.ignored) - 5} more)" if len(r.ignored) > 5 else "")
-        print(f"ignored {len(r.ignored)} files that are not images by name or lie outside a class folder: {shown}")
+        print(f"ignored {len(r.ignored)} file{'s' * (len(r.ignored) != 1)} (no image extension, or outside a class folder): {shown}")
     return 0
 
 
