@@ -116,7 +116,7 @@ def describe(exc: BaseException) -> str:
     if status is not None:
         return f"HTTP {status}"
     root = _chain(exc)[-1]
-    text = str(root) or str(exc)
+    text = " ".join((str(root) or str(exc)).split())      # one line
     return f"{type(root).__name__}: {text}" if text else type(root).__name__
 
 
