@@ -130,7 +130,6 @@ class RemoteStream:
         self.file: Any = None
         self.streaming = False      # the server ignores Range: re-read from the start and skip
         self.failures = 0           # consecutive failures without progress
-        self.requests = 0
         self._call(lambda: None)
         self.size: int | None = getattr(self.file, "size", None)
 
@@ -138,7 +137,6 @@ class RemoteStream:
         from fsspec.core import url_to_fs
 
         fs, path = url_to_fs(self.url, **_storage_options(self.url, self.opts))
-        self.requests += 1
         f = fs.open(path, "rb", block_size=0 if self.streaming else self.opts.block_size)
         try:
             if self.pos and not self.streaming:
@@ -163,8 +161,9 @@ class RemoteStream:
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         while True:
+            opening = self.file is None
             try:
-                if self.file is None:
+                if opening:
                     self._open()
                 return fn()
             except Exception as exc:  # noqa: BLE001 — classified below
@@ -177,7 +176,7 @@ class RemoteStream:
                         raise
                     tries = f" after {self.failures} retries" if self.failures else ""
                     kind = TruncatedShard if self.pos else UnreadableShard
-                    what = f"stream broke at byte {self.pos}" if self.pos else "cannot open"
+                    what = f"stream broke at byte {self.pos}" if self.pos else "cannot open" if opening else "cannot read"
                     raise kind(f"{self.url}: {what}{tries} ({describe(exc)})") from exc
                 time.sleep(min(self.opts.backoff * 2 ** self.failures, 30.0))
                 self.failures += 1

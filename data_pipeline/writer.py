@@ -274,14 +274,16 @@ def _write(source: str | Source, out_dir: Path, shard_size: int, holdout: float,
     bad_idx = [(i, why) for i in range(len(src)) if (why := check_image(src, i, verify))]
     bad = [(_describe(src, i), why) for i, why in bad_idx]
     if bad and strict:
-        raise UserInputError(f"{source}: {len(bad)} bad image file{'s' * (len(bad) != 1)} (--strict refuses them; nothing was written): "
+        files = f"{len(bad)} bad image file{'s' * (len(bad) != 1)}"
+        raise UserInputError(f"{source}: {files} (--strict refuses them; nothing was written): "
                              + _listing([f"{f} ({why})" for f, why in bad]))
     skip = {i for i, _ in bad_idx}
     good = [i for i in range(len(src)) if i not in skip]
     have = {src.labels[i] for i in good}
     empty = [c for label, c in enumerate(src.classes) if label not in have]
     if empty:
-        raise UserInputError(f"{source}: {len(empty)} class{'es' * (len(empty) != 1)} without a readable image: {_listing(empty)} "
+        classes = f"{len(empty)} class{'es' * (len(empty) != 1)}"
+        raise UserInputError(f"{source}: {classes} without a readable image: {_listing(empty)} "
                              "(remove their folders or add images)")
 
     name = safe_key(name or src.name)

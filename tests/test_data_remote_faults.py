@@ -1,8 +1,9 @@
 """Remote shards that break: an HTTP server on 127.0.0.1 (started here) serving 4.7 MB shards (more than one
-request each) that resets a connection in the middle of a tar, stalls there, or answers 403/404/503. A reset is resumed at the byte offset reached (a Range request; a server
-without Range support is re-read and the bytes already consumed skipped) and the batches are exactly the local
-ones; a shard that stays broken or stalls is retried a bounded number of times and the rest of it is counted as
-truncated_tar while the stream finishes its steps; 404, 403 and a missing local file are never retried."""
+request each) that resets a connection in the middle of a tar, stalls there, or answers 403/404/503. A reset is
+resumed at the byte offset reached (a Range request; a server without Range support is re-read and the bytes
+already consumed skipped) and the batches are exactly the local ones; a shard that stays broken or stalls is
+retried a bounded number of times and the rest of it is counted as truncated_tar while the stream finishes its
+steps; 404, 403 and a missing local file are never retried."""
 
 from __future__ import annotations
 
