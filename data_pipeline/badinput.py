@@ -1,9 +1,12 @@
 """Bad-input accounting: skipped samples counted by kind; past ``max_bad_fraction`` an error naming shard and sample.
 
 Kinds: ``undecodable_image`` (bytes that do not decode), ``missing_image`` (a sample without an image member),
-``truncated_tar`` (samples lost because the tar stream broke or ended early), ``empty_shard`` (a shard with no
-samples where the manifest lists some), ``unreadable_shard`` (the shard could not be opened: missing file,
-unreachable URL). Counts are in samples (an unreadable shard of 64 samples counts 64).
+``truncated_tar`` (samples lost because the tar stream broke: a bad header, a connection that stayed broken
+after its retries, a tar cut short), ``empty_shard`` (a tar without samples), ``unreadable_shard`` (the shard
+could not be opened: missing file, unreachable URL, HTTP 403/404, not a tar). Counts are in samples: a shard
+listed in manifest.json loses the samples listed; a shard counted without a manifest loses an estimate (see
+manifest.py). A shard that does not match its manifest (size, sample count) is not bad input but a stale
+manifest: the stream refuses it (ManifestMismatch) instead of counting.
 """
 
 from __future__ import annotations

@@ -41,14 +41,23 @@ def decode(data: bytes) -> torch.Tensor:
         return _decode_pil(data, exc)
 
 
+def reason(exc: BaseException) -> str:
+    """A short reason why bytes did not decode (PIL's wording; its unknown-format error without the object repr)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a known image format"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _decode_pil(data: bytes, first: Exception | None = None) -> torch.Tensor:
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001
-        raise UndecodableImage(f"{type(first or exc).__name__}: {first or exc}") from exc
+    except Exception as exc:  # noqa: BLE001 — PIL's error says more than torchvision's ``first``
+        raise UndecodableImage(reason(exc)) from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -60,7 +69,7 @@ def image_size(data: bytes) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as im:
             return im.height, im.width
     except Exception as exc:  # noqa: BLE001
-        raise UndecodableImage(f"{type(exc).__name__}: {exc}") from exc
+        raise UndecodableImage(reason(exc)) from exc
 
 
 def decode_reduced(data: bytes, reduce: int) -> torch.Tensor:
@@ -76,5 +85,5 @@ def decode_reduced(data: bytes, reduce: int) -> torch.Tensor:
             im = im.convert("RGB")
             arr = np.asarray(im)
     except Exception as exc:  # noqa: BLE001
-        raise UndecodableImage(f"{type(exc).__name__}: {exc}") from exc
+        raise UndecodableImage(reason(exc)) from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)

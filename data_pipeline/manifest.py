@@ -3,16 +3,23 @@
 The manifest makes epoch lengths exact: every rank computes the same plan from it without reading a shard.
 ``resolve_shards`` turns any source the reader accepts (a directory or URL holding manifest.json, a manifest
 URL, a brace pattern or list of .tar URLs) into a :class:`Manifest`; without a manifest, shards are counted
-by reading their tar headers once.
+by reading their tar headers once. A shard that cannot be counted to its end keeps its readable samples and
+records its ``failure``; its lost samples are estimated as the median sample count of the shards read
+completely (at least 1) and planned like any others, so the stream and ``shards inspect`` count them as bad
+of that kind (as they would count a manifest's) and ``max_bad_fraction`` sees them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import posixpath
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from data_pipeline.errors import UserInputError
 
 FORMAT = "bigbatch-shards/1"
 MANIFEST = "manifest.json"
@@ -26,6 +33,15 @@ class ShardInfo:
     sha256: str = ""
     keys: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    failure: str = ""         # counted without a manifest: "KIND: detail"; positions >= len(keys) are lost samples
+
+    @property
+    def failure_kind(self) -> str:
+        return self.failure.split(":", 1)[0]
+
+
+class ManifestMismatch(UserInputError):
+    """manifest.json does not describe the shard on disk (size or sample count differ)."""
 
 
 @dataclass
@@ -53,6 +69,9 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("base_url")
+        for shard in d["shards"]:
+            if not shard["failure"]:
+                del shard["failure"]
         d["num_samples"] = self.num_samples
         return d
 
@@ -64,9 +83,23 @@ class Manifest:
         return path
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], base_url: str = "") -> Manifest:
-        shards = [ShardInfo(**s) for s in d["shards"]]
-        return cls(name=d.get("name", ""), classes=list(d.get("classes", [])), shards=shards,
+    def from_json(cls, d: dict[str, Any], base_url: str = "", where: str = MANIFEST) -> Manifest:
+        """Raises UserInputError naming ``where`` (the manifest's location) when ``d`` is not a bigbatch manifest."""
+        if not isinstance(d, dict) or not isinstance(d.get("shards"), list):
+            raise UserInputError(f"{where}: not a bigbatch manifest (no 'shards' list)")
+        if d.get("format", FORMAT) != FORMAT:
+            raise UserInputError(f"{where}: format {d.get('format')!r}, expected {FORMAT!r}")
+        shards = []
+        for i, s in enumerate(d["shards"]):
+            try:
+                info = ShardInfo(**s)
+            except TypeError as exc:
+                raise UserInputError(f"{where}: shard {i}: not a shard entry ({exc})") from None
+            if not isinstance(info.name, str) or not info.name or not isinstance(info.samples, int) \
+                    or info.samples < 0 or not isinstance(info.bytes, int):
+                raise UserInputError(f"{where}: shard {i}: needs a name, samples >= 0 and bytes")
+            shards.append(info)
+        return cls(name=d.get("name", ""), classes=[str(c) for c in d.get("classes", [])], shards=shards,
                    image_size=d.get("image_size"), image_size_range=d.get("image_size_range"),
                    split=d.get("split", "train"), seed=d.get("seed", 0), format=d.get("format", FORMAT),
                    base_url=base_url)
@@ -82,17 +115,41 @@ def _is_url(s: str) -> bool:
     return "://" in s
 
 
+def mismatch_message(url: str, what: str) -> str:
+    """The one message for a manifest that does not describe its shard."""
+    return (f"{url}: {what}: manifest.json does not describe this shard (an interrupted write or a changed file); "
+            "write the shards again, or remove manifest.json to read the tars as they are")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a local file (the manifest's ``sha256`` field)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_manifest(location: str | Path) -> Manifest:
     """A manifest from a directory/URL prefix holding manifest.json, or the manifest file/URL itself."""
-    import fsspec
+    from data_pipeline.tario import UnreadableShard, read_url
 
     loc = str(location)
     if not loc.endswith(".json"):
         loc = join_url(loc, MANIFEST)
-    with fsspec.open(loc, "rb") as f:
-        data = json.loads(f.read())
+    if not _is_url(loc) and not Path(loc).is_file():
+        what = "not a file" if Path(loc).exists() else "no such file"
+        raise UserInputError(f"{loc}: {what}")
+    try:
+        raw = read_url(loc)
+    except UnreadableShard as exc:
+        raise UserInputError(str(exc)) from exc
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise UserInputError(f"{loc}: not valid JSON ({exc})") from None
     base = posixpath.dirname(loc) if _is_url(loc) else str(Path(loc).parent)
-    return Manifest.from_json(data, base_url=base)
+    return Manifest.from_json(data, base_url=base, where=loc)
 
 
 def expand_urls(source: str | list[str]) -> list[str]:
@@ -106,49 +163,92 @@ def expand_urls(source: str | list[str]) -> list[str]:
     return urls
 
 
-def count_shard(url: str) -> tuple[list[str], list[int]]:
-    """Keys and labels of one shard by reading its tar headers (labels from ``.cls`` members, else -1)."""
-    from data_pipeline.tario import iter_members_grouped
-
-    keys: list[str] = []
-    labels: list[int] = []
-    for key, files in iter_members_grouped(url, read=lambda ext: ext == "cls"):
-        keys.append(key)
-        cls = files.get("cls")
-        labels.append(int(cls) if cls else -1)
-    return keys, labels
+def cls_label(files: dict[str, bytes | None], default: int = -1) -> int:
+    """A sample's label from its ``.cls`` member (decimal text), else ``default``."""
+    raw = files.get("cls")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        return default
 
 
 def resolve_shards(source: str | Path | list[str] | Manifest) -> Manifest:
-    """Any reader source → a Manifest (read from manifest.json when there is one, else counted from the tars)."""
+    """Any reader source → a Manifest (read from manifest.json when there is one, else counted from the tars).
+    A source that does not exist or holds no shard raises UserInputError naming it."""
     if isinstance(source, Manifest):
         return source
-    if isinstance(source, Path | str) and not isinstance(source, list):
+    if isinstance(source, Path | str):
         s = str(source)
         if s.endswith(".json"):
             return load_manifest(s)
         if not s.endswith(".tar") and "{" not in s:
             # a directory (local) or URL prefix: manifest.json, else the *.tar inside a local directory
+            if _is_url(s):
+                return load_manifest(s)
             p = Path(s)
-            if not _is_url(s) and p.is_dir() and not (p / MANIFEST).exists():
-                urls = sorted(str(t) for t in p.glob("*.tar"))
-                if not urls:
-                    raise FileNotFoundError(f"{s}: neither manifest.json nor *.tar")
-                return _counted(urls, name=p.name)
-            return load_manifest(s)
+            if not p.exists():
+                raise UserInputError(f"{s}: no such file or directory")
+            if not p.is_dir():
+                raise UserInputError(f"{s}: not a shard directory (expected a directory holding manifest.json or "
+                                     "*.tar, a manifest.json, a .tar file or a brace pattern)")
+            if (p / MANIFEST).exists():
+                return load_manifest(s)
+            urls = sorted(str(t) for t in p.glob("*.tar"))
+            if not urls:
+                raise UserInputError(f"{s}: holds neither manifest.json nor *.tar files")
+            return _counted(urls, name=p.name, source=s)
     urls = expand_urls(source)  # type: ignore[arg-type]
     if not urls:
-        raise ValueError(f"{source!r}: no shard URLs")
-    return _counted(urls, name="shards")
+        raise UserInputError(f"{source!r}: no shard URLs")
+    return _counted(urls, name="shards", source=str(source))
 
 
-def _counted(urls: list[str], name: str) -> Manifest:
+def _counted(urls: list[str], name: str, source: str) -> Manifest:
+    """Count every shard's samples from its tar headers (see the module docstring for shards that fail)."""
+    import numpy as np
+
+    from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
+
     shards = []
     for url in urls:
+        info = ShardInfo(name=url, samples=0)
         try:
-            keys, labels = count_shard(url)
-        except Exception:  # unreadable: the stream will count its samples as bad when it meets them
-            keys, labels = [], []
-        shards.append(ShardInfo(name=url, samples=len(keys), keys=keys, labels=labels))
+            for _, key, files in iter_grouped(url, read=lambda ext: ext == "cls"):
+                info.keys.append(key)
+                info.labels.append(cls_label(files))
+        except UnreadableShard as exc:
+            info.failure = f"unreadable_shard: {exc}"
+        except TruncatedShard as exc:
+            info.failure = f"truncated_tar: {exc}"
+        else:
+            if not info.keys:
+                info.failure = f"empty_shard: {url}: no samples"
+        if not _is_url(url):
+            with contextlib.suppress(OSError):
+                info.bytes = Path(url).stat().st_size
+        shards.append(info)
+    complete = [len(s.keys) for s in shards if not s.failure]
+    typical = max(1, int(np.median(complete))) if complete else 1
+    for s in shards:
+        s.samples = len(s.keys) + (max(1, typical - len(s.keys)) if s.failure else 0)
+    if not any(s.keys for s in shards):
+        failed = [s.failure for s in shards]
+        more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise UserInputError(f"{source}: no shard could be read: {'; '.join(failed[:5])}{more}")
     n_classes = max((max(s.labels, default=-1) for s in shards), default=-1) + 1
     return Manifest(name=name, classes=[str(c) for c in range(n_classes)], shards=shards)
+
+
+def check_sizes(manifest: Manifest) -> None:
+    """Raise ManifestMismatch for the first local shard whose file size is not the one the manifest lists (a
+    stat per shard; missing files are left to the reader, which counts them as unreadable)."""
+    for i, info in enumerate(manifest.shards):
+        url = manifest.url(i)
+        if info.bytes <= 0 or _is_url(url):
+            continue
+        try:
+            size = Path(url).stat().st_size
+        except OSError:
+            continue
+        if size != info.bytes:
+            raise ManifestMismatch(mismatch_message(url, f"{size} bytes, but manifest.json lists {info.bytes}"))

@@ -2,7 +2,8 @@
 
 A source knows every sample's label before any image is read (so the writer can split class-stratified),
 and ``read(i)`` returns the stored bytes of sample ``i``: files as they are on disk (no re-encoding),
-arrays and the scikit-learn digits encoded once as PNG.
+arrays and the scikit-learn digits encoded once as PNG. A source that does not exist or holds no image
+raises UserInputError naming it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from data_pipeline.errors import UserInputError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "ppm", "pgm", "tif", "tiff")
 
@@ -28,13 +31,17 @@ class Sample(NamedTuple):
 
 @dataclass
 class Source:
-    """``names[i]`` (a human name, turned into a safe key by the writer), ``labels[i]``, ``read(i) -> (bytes, ext)``."""
+    """``names[i]`` (a human name, turned into a safe key by the writer), ``labels[i]``, ``read(i) -> (bytes, ext)``;
+    an image folder also lists its ``files`` (for header checks without reading whole files) and the files it
+    ``ignored`` (no image extension, or outside a class folder)."""
 
     name: str
     classes: list[str]
     names: list[str]
     labels: list[int]
     read: Callable[[int], tuple[bytes, str]]
+    files: list[Path] | None = None
+    ignored: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -58,25 +65,32 @@ def image_folder(root: str | Path) -> Source:
     """``root/CLASS/NAME.ext``: classes are the sorted sub-directories; bytes are read as stored."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise UserInputError(f"{root}: {'not a directory' if root.exists() else 'no such directory'} "
+                             "(expected an image folder ROOT/CLASS/NAME.jpg, 'digits' or torchvision:NAME:ROOT)")
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    classes = [p.name for p in entries if p.is_dir()]
     if not classes:
-        raise ValueError(f"{root}: no class sub-directories (expected ROOT/CLASS/NAME.jpg)")
+        raise UserInputError(f"{root}: no class sub-directories (expected ROOT/CLASS/NAME.jpg)")
+    ignored = [str(p) for p in entries if not p.is_dir()]
     paths: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
         for p in sorted((root / cls).rglob("*")):
-            if p.is_file() and p.suffix[1:].lower() in IMAGE_EXTS:
+            if not p.is_file():
+                continue
+            if p.suffix[1:].lower() in IMAGE_EXTS and not any(part.startswith(".") for part in p.relative_to(root).parts):
                 paths.append(p)
                 labels.append(label)
+            else:
+                ignored.append(str(p))
     if not paths:
-        raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTS)}) under the class directories")
+        raise UserInputError(f"{root}: no images ({', '.join(IMAGE_EXTS)}) under the class directories")
     names = [f"{p.parent.name}/{p.stem}" for p in paths]
 
     def read(i: int) -> tuple[bytes, str]:
         return paths[i].read_bytes(), paths[i].suffix[1:].lower()
 
-    return Source(root.name or "images", classes, names, labels, read)
+    return Source(root.name or "images", classes, names, labels, read, files=paths, ignored=ignored)
 
 
 def arrays(images: np.ndarray | Sequence[np.ndarray], labels: Sequence[int], classes: Sequence[str] | None = None,
@@ -113,8 +127,11 @@ def torchvision_dataset(name: str, root: str | Path, train: bool = True) -> Sour
 
     cls = getattr(tvd, name, None)
     if cls is None:
-        raise ValueError(f"torchvision.datasets has no {name!r}")
-    ds = cls(root=str(root), train=train, download=False)
+        raise UserInputError(f"torchvision:{name}: torchvision.datasets has no {name!r}")
+    try:
+        ds = cls(root=str(root), train=train, download=False)
+    except (RuntimeError, OSError) as exc:  # torchvision: "Dataset not found or corrupted"
+        raise UserInputError(f"torchvision:{name}:{root}: cannot load ({exc})") from None
     data = np.asarray(ds.data)
     labels = [int(t) for t in ds.targets]
     classes = [str(c) for c in getattr(ds, "classes", range(max(labels) + 1))]
@@ -131,8 +148,8 @@ def open_source(spec: str | Source) -> Source:
         return digits()
     if spec.startswith("torchvision:"):
         parts = spec.split(":")
-        if len(parts) not in (3, 4):
-            raise ValueError("expected torchvision:NAME:ROOT[:test]")
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "test"):
+            raise UserInputError(f"{spec}: expected torchvision:NAME:ROOT[:test]")
         return torchvision_dataset(parts[1], parts[2], train=not (len(parts) == 4 and parts[3] == "test"))
     return image_folder(spec)
 

@@ -28,7 +28,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipeline.badinput import BadInputCounter, BadInputError, empty_stats, merge_stats
 from data_pipeline.decode import UndecodableImage, decode, decode_reduced, image_member, image_size
-from data_pipeline.manifest import Manifest, resolve_shards
+from data_pipeline.errors import UserInputError
+from data_pipeline.manifest import (
+    Manifest,
+    ManifestMismatch,
+    check_sizes,
+    cls_label,
+    mismatch_message,
+    resolve_shards,
+)
 from data_pipeline.plan import EpochPlan, WorkerPlan, make_plan, shuffle_order
 from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
 from data_pipeline.views import ViewRecipe, center_view, make_views, sample_seed
@@ -72,7 +80,8 @@ def load_source(source: Any) -> Manifest:
     key = repr(source)
     local = Path(str(source)) / "manifest.json" if isinstance(source, str | Path) else None
     if local is not None and local.exists():
-        key += f"@{local.stat().st_mtime_ns}"  # a rewritten local manifest is read again
+        st = local.stat()
+        key += f"@{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"  # a rewritten local manifest is read again
     if key not in _MANIFESTS:
         _MANIFESTS[key] = resolve_shards(source)
     return _MANIFESTS[key]
@@ -106,30 +115,37 @@ class WorkerStream:
 
     def _read(self, needed: np.ndarray) -> Iterator[tuple[int, _Raw]]:
         """The worker's inputs in reading order as (input index, raw sample); only needed ones carry data.
-        Positions a shard fails to deliver come back as bad samples of the failure's kind."""
+        Positions a shard fails to deliver come back as bad samples of the failure's kind (a shard counted
+        without a manifest: its recorded failure for the positions past its readable samples). A shard that
+        ends cleanly before, or holds more than, the samples its manifest lists raises ManifestMismatch."""
         q = 0
         for seg in self.wp.segments:
             url = self.manifest.url(seg.shard)
             info = self.manifest.shards[seg.shard]
             base = q
+            q += seg.samples
             want = needed[base: base + seg.samples]
             if not want.any():
-                q += seg.samples
                 continue
-            got, last = seg.start, -1
+            stop = min(seg.stop, len(info.keys)) if info.failure else seg.stop
+            check_end = not info.failure and seg.stop == info.samples  # this reader meets the shard's end
+            got = seg.start
             failure, detail = "", ""
             try:
-                def wanted(p: int, a: int = seg.start, b: int = seg.stop, w: np.ndarray = want) -> bool:
+                def wanted(p: int, a: int = seg.start, b: int = stop, w: np.ndarray = want) -> bool:
                     return a <= p < b and bool(w[p - a])
 
-                for pos, key, files in iter_grouped(url, want=wanted):
-                    last = pos
+                shard = iter_grouped(url, want=wanted, expect_bytes=info.bytes) if seg.start < stop else ()
+                for pos, key, files in shard:
                     if pos < seg.start:
                         continue
-                    if pos >= seg.stop:
+                    if pos >= stop:
+                        if check_end:
+                            raise ManifestMismatch(mismatch_message(
+                                url, f"more samples than the {info.samples} manifest.json lists"))
                         break
                     got = pos + 1
-                    label = int(files["cls"]) if files.get("cls") else (info.labels[pos] if pos < len(info.labels) else -1)
+                    label = cls_label(files, info.labels[pos] if pos < len(info.labels) else -1)
                     raw = _Raw(info.name, key, label, seg.lap)
                     if want[pos - seg.start]:
                         member = image_member(files)
@@ -138,19 +154,21 @@ class WorkerStream:
                         else:
                             raw.ext, raw.data = member
                     yield base + pos - seg.start, raw
-                    if got >= seg.stop:
+                    if got >= stop and not check_end:
                         break
             except UnreadableShard as exc:
                 failure, detail = "unreadable_shard", str(exc)
             except TruncatedShard as exc:
                 failure, detail = "truncated_tar", str(exc)
+            if got < stop and not failure:
+                if not info.failure:
+                    raise ManifestMismatch(mismatch_message(url, f"{got} samples, but manifest.json lists {info.samples}"))
+                failure, detail = "truncated_tar", f"{got} of {len(info.keys)} counted samples"
             if got < seg.stop and not failure:
-                failure = "empty_shard" if last < 0 else "truncated_tar"
-                detail = f"{got} of {info.samples} samples"
+                failure, detail = info.failure_kind, info.failure.split(": ", 1)[-1]
             for pos in range(got, seg.stop):
                 key = info.keys[pos] if pos < len(info.keys) else f"#{pos}"
                 yield base + pos - seg.start, _Raw(info.name, key, -1, seg.lap, bad=failure, detail=detail)
-            q += seg.samples
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         spec, wp = self.spec, self.wp
@@ -260,7 +278,7 @@ class WorkerStream:
                             img = decode(member[1])
                         except UndecodableImage:
                             continue
-                        label = int(files["cls"]) if files.get("cls") else -1
+                        label = cls_label(files)
                         self._pool.append((_Raw(info.name, key, label, 0, member[0], member[1]), img,
                                            (img.shape[1], img.shape[2])))
                         if len(self._pool) >= want:
@@ -303,7 +321,12 @@ class _PlanDataset(IterableDataset):
         wp = self.plan.ranks[self.rank].workers[worker]
         if info is None and len(self.plan.ranks[self.rank].workers) > 1:
             raise RuntimeError("a multi-worker plan iterated in-process")
-        yield from WorkerStream(self.spec, self.manifest, wp, self.plan.epoch, self.start_batch)
+        try:
+            yield from WorkerStream(self.spec, self.manifest, wp, self.plan.epoch, self.start_batch)
+        except UserInputError as exc:
+            if info is None:
+                raise
+            yield {"error": exc}  # re-raised by ShardLoader with its message intact (not wrapped by the DataLoader)
 
 
 class ShardLoader:
@@ -314,6 +337,7 @@ class ShardLoader:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.spec, self.rank, self.world_size, self.epoch = spec, rank, world_size, epoch
         self.manifest = load_source(spec.source)
+        check_sizes(self.manifest)
         self.plan = plan_for(spec, self.manifest, world_size, epoch)
         self.rank_plan = self.plan.ranks[rank]
         self.steps_per_epoch = self.rank_plan.steps
@@ -345,6 +369,8 @@ class ShardLoader:
             loader = ds
         expected = self.start_batch
         for batch in loader:
+            if "error" in batch:
+                raise batch["error"]
             merge_stats(self.stats, batch.pop("stats"))
             if batch["index"] != expected:
                 raise RuntimeError(f"stream out of order: got batch {batch['index']}, expected {expected}")

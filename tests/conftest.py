@@ -1,4 +1,5 @@
-"""Shared fixtures: small real data (digits shards, a few hundred CIFAR-10 images) and one local Ray instance."""
+"""Shared fixtures: small real data (digits shards and image folder every clone has; a few hundred CIFAR-10
+images where the archive is present) and one local Ray instance."""
 
 from __future__ import annotations
 
@@ -50,6 +51,39 @@ def digits_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("digits_shards")
     write_shards("digits", out / "train", shard_size=256, holdout=0.2, holdout_dir=out / "holdout", seed=0)
     return {"train": out / "train", "holdout": out / "holdout"}
+
+
+def write_digits_folder(dest: Path, per_class: int = 30) -> Path:
+    """The first ``per_class`` scikit-learn digits of every class as an image folder ``dest/CLASS/NAME.png``."""
+    from data_pipeline.sources import digits
+
+    src = digits()
+    counts: dict[int, int] = {}
+    for i, label in enumerate(src.labels):
+        if counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        data, ext = src.read(i)
+        out = dest / src.classes[label] / f"{src.names[i]}.{ext}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 digits (30 per class) as an image folder of PNGs in a temp dir."""
+    return write_digits_folder(tmp_path_factory.mktemp("digits_folder") / "train")
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory: pytest.TempPathFactory, digits_folder: Path) -> Path:
+    """``digits_folder`` as shards of 64: five shards of 64, 64, 64, 64 and 44 samples with manifest.json."""
+    from data_pipeline.writer import write_shards
+
+    out = tmp_path_factory.mktemp("small_shards") / "train"
+    write_shards(str(digits_folder), out, shard_size=64, seed=0)
+    return out
 
 
 @pytest.fixture(scope="session")

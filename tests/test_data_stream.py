@@ -73,8 +73,8 @@ def test_probe_pass_reads_every_sample_exactly_once(digits_shards):
     assert sorted(seen) == sorted(labels)
 
 
-def test_same_seed_same_batches_other_epoch_other_order(cifar_shards):
-    spec = StreamSpec(source=str(cifar_shards), batch_size=32, num_workers=1)
+def test_same_seed_same_batches_other_epoch_other_order(small_shards):
+    spec = StreamSpec(source=str(small_shards), batch_size=32, num_workers=1)
     _, a = run(spec, epoch=0)
     _, b = run(spec, epoch=0)
     _, c = run(spec, epoch=1)
@@ -87,21 +87,28 @@ def test_same_seed_same_batches_other_epoch_other_order(cifar_shards):
 
 
 def test_resampled_mode_has_the_nominal_epoch_length_and_draws_with_replacement(digits_shards):
+    """What only resampling does: within one epoch some samples are never drawn while others come twice (whole
+    shards drawn with replacement); exact mode with the same settings reads every sample."""
     src = str(digits_shards["train"])
-    n = load_manifest(src).num_samples
-    spec = StreamSpec(source=src, batch_size=128, mode="resampled", num_workers=2, augment=False)
-    loaders = [run(spec, r, 2, epoch=e) for e in (0, 1) for r in (0, 1)]
-    for loader, batches in loaders:
-        assert len(batches) == len(loader) == math.ceil(n / 256)
-    e0 = Counter(k for _, bs in loaders[:2] for b in bs for k in b["key"])
-    e1 = Counter(k for _, bs in loaders[2:] for b in bs for k in b["key"])
-    assert e0 != e1
-    assert max(e0.values()) > 1 or len(e0) < n  # with replacement: some repeat or some are missing
+    m = load_manifest(src)
+    n = m.num_samples
+    for mode in ("exact", "resampled"):
+        spec = StreamSpec(source=src, batch_size=128, mode=mode, num_workers=0, augment=False)
+        for epoch in (0, 1):
+            counts: Counter = Counter()
+            for r in (0, 1):
+                loader, batches = run(spec, r, 2, epoch=epoch)
+                assert len(batches) == len(loader) == math.ceil(n / 256)
+                counts.update(k for b in batches for k in b["key"])
+            if mode == "exact":
+                assert len(counts) == n and max(counts.values()) == 2
+            else:
+                assert len(counts) < n and max(counts.values()) >= 2
 
 
-def test_views_depend_on_sample_not_on_ranks_or_workers(cifar_shards):
-    spec1 = StreamSpec(source=str(cifar_shards), batch_size=20, num_workers=0, seed=5)
-    spec2 = StreamSpec(source=str(cifar_shards), batch_size=10, num_workers=2, seed=5)
+def test_views_depend_on_sample_not_on_ranks_or_workers(small_shards):
+    spec1 = StreamSpec(source=str(small_shards), batch_size=20, num_workers=0, seed=5)
+    spec2 = StreamSpec(source=str(small_shards), batch_size=10, num_workers=2, seed=5)
 
     def views_by_key(spec, world):
         out: dict[str, list] = {}
@@ -121,8 +128,8 @@ def test_views_depend_on_sample_not_on_ranks_or_workers(cifar_shards):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_yields_the_same_batches(cifar_shards, workers):
-    spec = StreamSpec(source=str(cifar_shards), batch_size=16, num_workers=workers, shuffle_buffer=100)
+def test_resume_yields_the_same_batches(small_shards, workers):
+    spec = StreamSpec(source=str(small_shards), batch_size=16, num_workers=workers, shuffle_buffer=100)
     full_loader, full = run(spec, rank=1, world_size=2, epoch=3)
     for b in (1, 4, len(full) - 1):
         loader, rest = run(spec, rank=1, world_size=2, epoch=3, start_batch=b)
@@ -134,13 +141,13 @@ def test_resume_yields_the_same_batches(cifar_shards, workers):
         assert loader.state() == {"epoch": 3, "batch": len(full)}
 
 
-def test_resume_does_not_decode_the_skipped_samples(cifar_shards, monkeypatch):
+def test_resume_does_not_decode_the_skipped_samples(small_shards, monkeypatch):
     import data_pipeline.stream as stream
 
     calls = []
     real = stream.decode
     monkeypatch.setattr(stream, "decode", lambda data: calls.append(1) or real(data))
-    spec = StreamSpec(source=str(cifar_shards), batch_size=16, num_workers=0)
+    spec = StreamSpec(source=str(small_shards), batch_size=16, num_workers=0)
     loader, rest = run(spec, start_batch=10)
     assert len(rest) == len(loader) == 19 - 10
     assert len(calls) == 9 * 16

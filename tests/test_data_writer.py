@@ -1,11 +1,14 @@
 """Writer round trip: every sample back byte-identical with the right label; stratified holdout; safe unique keys;
-checksums; the race-safe built-in digits cache; `bigbatch shards write|inspect`."""
+checksums; the race-safe built-in digits cache; `bigbatch shards write|inspect`. The writer tells the truth before
+writing (bad files reported and skipped or refused, empty classes and clashing arguments refused) and a failed or
+killed write leaves the previous shards readable as they were (see test_data_write_atomic.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -64,7 +67,23 @@ def test_digits_round_trip_and_stratified_holdout(digits_shards):
     assert all(s.samples <= 256 for s in m.shards)
 
 
+def test_folder_round_trip_bytes_as_stored(digits_folder, small_shards):
+    samples, labels = read_split(small_shards)
+    m = load_manifest(small_shards)
+    files = sorted(Path(digits_folder).rglob("*.png"))
+    assert len(files) == len(samples) == 300
+    by_key = {f"{p.parent.name}_{p.stem}": p for p in files}
+    assert set(by_key) == set(samples)
+    for key, path in by_key.items():
+        assert samples[key]["png"] == path.read_bytes()   # stored as is, no re-encoding
+        assert m.classes[labels[key]] == path.parent.name
+        assert int(samples[key]["cls"]) == labels[key]
+    assert all(KEY_RE.match(k) for k in samples)
+    assert m.image_size == [8, 8] and [s.samples for s in m.shards] == [64, 64, 64, 64, 44]
+
+
 def test_cifar_round_trip_bytes_as_stored(cifar_dir, cifar_shards):
+    """The same on real JPEGs (an extra: skips where the CIFAR-10 archive is not beside the repository)."""
     samples, labels = read_split(cifar_shards)
     m = load_manifest(cifar_shards)
     files = sorted(p for p in Path(cifar_dir).rglob("*.jpg"))
@@ -86,13 +105,13 @@ def test_keys_are_safe_and_unique():
     assert all(KEY_RE.match(k) for k in keys)
 
 
-def test_write_cli_and_holdout_dir_default(tmp_path, cifar_dir, capsys):
+def test_write_cli_and_holdout_dir_default(tmp_path, digits_folder, capsys):
     from cluster.cli import main
 
-    out = tmp_path / "c10"
-    assert main(["shards", "write", str(cifar_dir), str(out), "--shard-size", "70", "--holdout", "0.2",
+    out = tmp_path / "d10"
+    assert main(["shards", "write", str(digits_folder), str(out), "--shard-size", "70", "--holdout", "0.2",
                  "--seed", "3"]) == 0
-    m, h = load_manifest(out), load_manifest(tmp_path / "c10-holdout")
+    m, h = load_manifest(out), load_manifest(tmp_path / "d10-holdout")
     assert (m.num_samples, h.num_samples) == (240, 60)
     assert [s.samples for s in m.shards] == [70, 70, 70, 30]
     assert Counter(lab for s in h.shards for lab in s.labels) == Counter({c: 6 for c in range(10)})
@@ -116,7 +135,7 @@ def test_ensure_digits_written_once_when_two_processes_race(tmp_path):
     assert load_manifest(train).num_samples + load_manifest(hold).num_samples == 1797
 
 
-def test_tar_reader_reads_what_tarfile_reads(tmp_path, cifar_shards):
+def test_tar_reader_reads_what_tarfile_reads(tmp_path, small_shards):
     """The stream's tar reader against Python's tarfile: webdataset shards, and pax / GNU / ustar archives with
     long names, non-ASCII names, float mtimes and directories."""
     import io
@@ -131,7 +150,7 @@ def test_tar_reader_reads_what_tarfile_reads(tmp_path, cifar_shards):
     def with_stream(path):
         return sorted((f"{key}.{ext}", data) for _, key, files in iter_grouped(str(path)) for ext, data in files.items())
 
-    paths = sorted(Path(cifar_shards).glob("*.tar"))[:2]
+    paths = sorted(Path(small_shards).glob("*.tar"))[:2]
     for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):
         path = tmp_path / f"fmt{fmt}.tar"
         with tarfile.open(path, "w", format=fmt) as t:
@@ -147,3 +166,92 @@ def test_tar_reader_reads_what_tarfile_reads(tmp_path, cifar_shards):
         paths.append(path)
     for path in paths:
         assert with_stream(path) == with_tarfile(path)
+
+
+# --- the truth at write time -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def messy_folder(tmp_path, digits_folder) -> Path:
+    """The 300-digit folder plus a zero-byte PNG, an HTML page named .jpg, a PNG cut in half (its header intact)
+    and a text file."""
+    d = tmp_path / "messy"
+    shutil.copytree(digits_folder, d)
+    (d / "3" / "empty.png").write_bytes(b"")
+    (d / "4" / "page.jpg").write_text("<html>404 not found</html>")
+    png = next((d / "5").glob("*.png")).read_bytes()
+    (d / "5" / "cut.png").write_bytes(png[: len(png) // 2])
+    (d / "6" / "notes.txt").write_text("hello")
+    return d
+
+
+def test_write_reports_bad_files_by_name_and_skips_them(tmp_path, messy_folder, capsys):
+    from cluster.cli import main
+
+    assert main(["shards", "write", str(messy_folder), str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 bad image files" in out
+    assert f"{messy_folder / '3' / 'empty.png'}: empty file (0 bytes)" in out
+    assert f"{messy_folder / '4' / 'page.jpg'}: not an image (no known image header)" in out
+    assert "ignored 1 file (no image extension, or outside a class folder)" in out and "notes.txt" in out
+    keys = {k for s in load_manifest(tmp_path / "out").shards for k in s.keys}
+    assert len(keys) == 301 and "5_cut" in keys and "3_empty" not in keys and "4_page" not in keys
+    assert main(["shards", "write", str(messy_folder), str(tmp_path / "verified"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 3 bad image files" in out and f"{messy_folder / '5' / 'cut.png'}: does not decode" in out
+    assert load_manifest(tmp_path / "verified").num_samples == 300
+
+
+def test_strict_refuses_bad_files_before_writing(tmp_path, messy_folder, capsys):
+    from cluster.cli import main
+
+    assert main(["shards", "write", str(messy_folder), str(tmp_path / "out"), "--strict", "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bigbatch shards: {messy_folder}: 3 bad image files (--strict refuses them; nothing was "
+                          "written): ") and err.count("\n") == 1 and "empty.png (empty file (0 bytes))" in err
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["messy"]
+
+
+def test_a_class_without_images_is_an_error(tmp_path, digits_folder, capsys):
+    from cluster.cli import main
+
+    src = tmp_path / "src"
+    shutil.copytree(digits_folder, src)
+    (src / "extra").mkdir()                                   # an empty class folder
+    (src / "only_bad").mkdir()
+    (src / "only_bad" / "x.png").write_bytes(b"")             # a class whose only file is bad
+    assert main(["shards", "write", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bigbatch shards: {src}: 2 classes without a readable image: extra, only_bad (remove their "
+                   "folders or add images)\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_argument_clashes_are_refused_before_anything_is_written(tmp_path, digits_folder, capsys):
+    from cluster.cli import main
+
+    out = tmp_path / "out"
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "thesis.pdf").write_text("x")
+    src = str(digits_folder)
+    cases = [
+        ([src, str(out), "--holdout", "0.2", "--holdout-dir", str(out)], "must be two separate directories"),
+        ([src, str(out), "--holdout", "0.2", "--holdout-dir", str(out / "h")], "must be two separate directories"),
+        ([src, str(out), "--holdout", "1.5"], "holdout 1.5: not in [0, 1)"),
+        ([src, str(out), "--holdout", "0.01"], "holdout 0.01: leaves the holdout without samples"),
+        ([src, str(out), "--holdout-dir", str(tmp_path / "h")], "given without --holdout"),
+        ([src, str(tmp_path / "a_file")], "the output exists and is not a directory"),
+        ([src, str(out), "--holdout", "0.2", "--holdout-dir", str(tmp_path / "a_file")], "the holdout dir exists"),
+        ([src, str(tmp_path / "foreign")], "holds files that `bigbatch shards write` did not write (thesis.pdf)"),
+        ([str(tmp_path / "nowhere"), str(out)], f"{tmp_path / 'nowhere'}: no such directory"),
+        ([str(tmp_path / "a_file"), str(out)], f"{tmp_path / 'a_file'}: not a directory"),
+        ([src, str(digits_folder / "shards")], "inside the source"),
+        ([src, str(out), "--shard-size", "0"], "shard size 0: must be >= 1"),
+    ]
+    for args, message in cases:
+        assert main(["shards", "write", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("bigbatch shards: ") and message in err and err.count("\n") == 1, (args, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "foreign"], args
+        assert not (digits_folder / "shards").exists()

@@ -1,9 +1,16 @@
-"""`bigbatch shards write|inspect|plan`: make WebDataset shards, check them, and show an epoch's plan."""
+"""`bigbatch shards write|inspect|plan`: make WebDataset shards, check them, and show an epoch's plan.
+
+A mistake in the input (a missing path, a file where a directory is expected, an invalid manifest.json, an
+unreachable URL, …) is one line on stderr, ``bigbatch shards: MESSAGE``, and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
+from collections.abc import Callable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,12 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--holdout-dir", default=None, help="where the holdout goes (default: OUT_DIR-holdout)")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--name", default=None, help="shard name prefix (default: the source's name)")
-    w.set_defaults(func=run_write)
+    w.add_argument("--verify", action="store_true", help="decode every image fully (default: read its header)")
+    w.add_argument("--strict", action="store_true", help="refuse to write when any image is bad (default: skip it)")
+    w.set_defaults(func=_user_errors(run_write))
 
     i = sub.add_parser("inspect", help="decode every sample: per-class counts, bad samples by kind")
     i.add_argument("source", help="shard dir / manifest URL / brace pattern")
     i.add_argument("--json", action="store_true", help="print one JSON object")
-    i.set_defaults(func=run_inspect)
+    i.set_defaults(func=_user_errors(run_inspect))
 
     p = sub.add_parser("plan", help="which shards/samples/steps every rank and worker reads in an epoch")
     p.add_argument("source", help="shard dir / manifest URL / brace pattern")
@@ -39,27 +48,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-shuffle", action="store_true")
     p.add_argument("--no-equalize", action="store_true", help="the probe pass: each sample once, last batch partial")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=run_plan)
+    p.set_defaults(func=_user_errors(run_plan))
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _user_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A UserInputError becomes ``bigbatch shards: MESSAGE`` on stderr and exit code 2."""
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        from data_pipeline.errors import UserInputError
+
+        try:
+            return run(args)
+        except UserInputError as exc:
+            print(f"bigbatch shards: {exc}", file=sys.stderr)
+            return 2
+    return wrapped
 
 
 def run_write(args: argparse.Namespace) -> int:
     from data_pipeline.writer import write_shards
 
-    m = write_shards(args.source, args.out_dir, shard_size=args.shard_size, holdout=args.holdout,
+    r = write_shards(args.source, args.out_dir, shard_size=args.shard_size, holdout=args.holdout,
                      holdout_dir=args.holdout_dir, seed=args.seed, name=args.name,
-                     max_shard_bytes=int(args.max_shard_mb * 2**20))
+                     max_shard_bytes=int(args.max_shard_mb * 2**20), verify=args.verify, strict=args.strict)
+    m = r.train
     size = "x".join(map(str, m.image_size)) if m.image_size else f"{m.image_size_range} (mixed)"
-    print(f"{args.out_dir}: {m.num_samples} samples in {len(m.shards)} shards, {len(m.classes)} classes, "
+    print(f"{r.out_dir}: {m.num_samples} samples in {len(m.shards)} shards, {len(m.classes)} classes, "
           f"image size {size}")
-    if args.holdout > 0:
-        from pathlib import Path
-
-        from data_pipeline.manifest import load_manifest
-
-        hdir = args.holdout_dir or str(Path(args.out_dir).with_name(Path(args.out_dir).name + "-holdout"))
-        h = load_manifest(hdir)
-        print(f"{hdir}: {h.num_samples} held-out samples in {len(h.shards)} shards")
+    if r.holdout is not None:
+        print(f"{r.holdout_dir}: {r.holdout.num_samples} held-out samples in {len(r.holdout.shards)} shards")
+    if r.bad:
+        print(f"skipped {len(r.bad)} bad image file{'s' * (len(r.bad) != 1)} (not written; --strict refuses them):")
+        for f, why in r.bad[:20]:
+            print(f"  {f}: {why}")
+        if len(r.bad) > 20:
+            print(f"  … and {len(r.bad) - 20} more")
+    if r.ignored:
+        shown = ", ".join(r.ignored[:5]) + (f", … ({len(r.ignored) - 5} more)" if len(r.ignored) > 5 else "")
+        print(f"ignored {len(r.ignored)} file{'s' * (len(r.ignored) != 1)} (no image extension, or outside a class folder): {shown}")
     return 0
 
 
@@ -67,11 +94,14 @@ def run_inspect(args: argparse.Namespace) -> int:
     from data_pipeline.audit import inspect_shards
 
     r = inspect_shards(args.source)
+    status = 0 if r["bad_total"] == 0 and not r["checksum_mismatch"] and not r["manifest_mismatch"] else 1
     if args.json:
         print(json.dumps(r))
-        return 0 if r["bad_total"] == 0 and not r["checksum_mismatch"] else 1
-    print(f"{r['source']}: {r['shards']} shards, {r['samples_good']} good of {r['samples_expected']} samples; "
-          f"image sizes {r['image_sizes']}")
+        return status
+    mismatched = f", {r['samples_mismatched']} in shards that do not match manifest.json" \
+        if r["manifest_mismatch"] else ""
+    print(f"{r['source']}: {r['shards']} shards, {r['samples_good']} good + {r['bad_total']} bad{mismatched} "
+          f"= {r['samples_expected']} samples; image sizes {r['image_sizes']}")
     print(f"{'class':<20}{'samples':>9}")
     for cls, n in r["per_class"].items():
         print(f"{cls:<20}{n:>9}")
@@ -80,24 +110,31 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"{kind:<20}{n:>9}")
     for ex in r["bad_examples"]:
         print(f"  {ex}")
+    for msg in r["manifest_mismatch"]:
+        print(f"manifest mismatch: {msg}")
     if r["checksum_mismatch"]:
         print(f"sha256 mismatch: {', '.join(r['checksum_mismatch'])}")
-    return 0 if r["bad_total"] == 0 and not r["checksum_mismatch"] else 1
+    return status
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from data_pipeline.manifest import check_sizes
     from data_pipeline.stream import StreamSpec, load_source, plan_for
 
     spec = StreamSpec(source=args.source, batch_size=args.batch_size, num_workers=args.workers, seed=args.seed,
                       mode=args.mode, shuffle=not args.no_shuffle, equalize=not args.no_equalize)
     manifest = load_source(args.source)
+    check_sizes(manifest)
     plan = plan_for(spec, manifest, args.world_size, args.epoch)
+    failed = [{"name": s.name, "readable": len(s.keys), "planned": s.samples, "failure": s.failure}
+              for s in manifest.shards if s.failure]
     if args.json:
         d = plan.to_json()
         for r in d["ranks"]:
             for w in r["workers"]:
                 for s in w["segments"]:
                     s["name"] = manifest.shards[s["shard"]].name
+        d["failed_shards"] = failed
         print(json.dumps(d))
         return 0
     print(f"{manifest.num_samples} samples in {len(manifest.shards)} shards; mode {plan.mode}, epoch {plan.epoch}, "
@@ -115,4 +152,9 @@ def run_plan(args: argparse.Namespace) -> int:
         print("(resampled: every worker draws whole shards with replacement; the epoch length is nominal)")
     if not plan.equalize:
         print("(not equalized: every sample exactly once; ranks may differ by one step, last batch partial)")
+    if failed:
+        print(f"{len(failed)} shards could not be counted to their end (no manifest.json); their lost samples are "
+              "estimated, planned, and counted as bad when read:")
+        for f in failed:
+            print(f"  {f['name']}: {f['readable']} readable, {f['planned'] - f['readable']} lost ({f['failure']})")
     return 0
