@@ -87,6 +87,8 @@ class Encoder(nn.Module):
         self.head = head if head is not None else nn.Identity()
         self.config = config
         self.image_size = int(config["pretrained_cfg"]["input_size"][-1])
+        last = list(self.head.modules())[-1]
+        self.num_features = getattr(last, "out_features", backbone.num_features)  # D of the output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.normalize(images)))
@@ -120,7 +122,8 @@ def export_encoder(run: str | Path, out: str | Path, *, with_projection: bool = 
         _write(tmp, method.encoder, heads, {
             "format": FORMAT, "method": cfg.method, "encoder": cfg.model.model_dump(include={"encoder", "small_stem", "norm"}),
             "representation": "mu" if "mu" in heads else "features", "heads": head_cfg,
-            "source": {"run": cfg.name, "checkpoint": ckpt.name, "location": str(run)}},
+            "source": {"run": cfg.name, "checkpoint": ckpt.name,
+                       "location": str(run) if is_remote(run) else str(Path(run).resolve())}},
             cfg.data.image_size)
         load_encoder(tmp)  # what was written reads back
         _replace_dir(tmp, out)

@@ -57,15 +57,17 @@ def test_exported_features_equal_the_checkpoints(runs, tmp_path, name):
     assert isinstance(encoder, torch.nn.Module) and not encoder.training
     torch.testing.assert_close(encoder(x), method.represent(x), atol=1e-6, rtol=0)
     torch.testing.assert_close(encoder(x.float() / 255), method.represent(x), atol=1e-6, rtol=0)  # float [0, 1] input
-    assert encoder(x).shape[1] == (16 if name == "vae-mu" else method.encoder.num_features)  # a VAE's probe used μ
+    dim = 16 if name == "vae-mu" else method.encoder.num_features  # a VAE's probe used μ
+    assert encoder(x).shape[1] == encoder.num_features == dim
 
 
 def test_projection_head_exported_on_request(runs, tmp_path):
     out = export_encoder(runs["convnet"], tmp_path / "export", with_projection=True)
     method, _ = load_method(runs["convnet"])
     x = _images()
-    torch.testing.assert_close(load_encoder(out, projection=True)(x), method.net.projector(method.represent(x)),
-                               atol=1e-6, rtol=0)
+    projected = load_encoder(out, projection=True)
+    torch.testing.assert_close(projected(x), method.net.projector(method.represent(x)), atol=1e-6, rtol=0)
+    assert projected.num_features == 32
     with pytest.raises(UserInputError, match="without the projection head"):
         load_encoder(export_encoder(runs["convnet"], tmp_path / "plain"), projection=True)
     with pytest.raises(UserInputError, match="vae run has no projection head"):
