@@ -101,10 +101,16 @@ def venv_with_test_deps(path: Path) -> Path:
     return path / "bin" / "python"
 
 
+# The environment of test clusters and their clients, fixed at import. Servers stay on loopback, so token auth is off
+# explicitly: an in-process ray.init (ray_local) sets RAY_AUTH_MODE=token in os.environ, and a cluster started after
+# that would refuse clients whose environment was copied before.
+LOOPBACK_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
 def env_without_bigbatch(python: Path) -> dict[str, str]:
     """The environment for processes of ``python``: its bin first on PATH (a Ray job's `python`), no PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PATH": f"{python.parent}{os.pathsep}{env.get('PATH', '')}"}
+    env = {k: v for k, v in LOOPBACK_ENV.items() if k != "PYTHONPATH"}
+    return {**env, "PATH": f"{python.parent}{os.pathsep}{env.get('PATH', '')}"}
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ the two workers on different nodes, and `bigbatch submit` through the Ray Jobs A
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,12 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import build_wheel, env_without_bigbatch, free_port, venv_with_test_deps
+from conftest import LOOPBACK_ENV, build_wheel, env_without_bigbatch, free_port, venv_with_test_deps
 
 pytestmark = pytest.mark.slow
-
-# Ray picks the machine's routable IP for its nodes unless told otherwise; keep every server on loopback.
-LOOPBACK_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def _overrides(digits_shards, storage: Path, name: str) -> list[str]:
