@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "cluster.commands.submit",
     "cluster.commands.shards",
     "cluster.commands.probe",
+    "cluster.commands.export",
     "cluster.commands.compare",
     "cluster.commands.bench",
 )

@@ -53,6 +53,17 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[str, Path]:
     return storage, local
 
 
+def code_runtime_env() -> dict[str, Any]:
+    """A Ray runtime_env shipping bigbatch's four packages from wherever they are installed (checkout or wheel), as
+    directory paths: the Jobs API deep-copies the runtime_env, which module objects do not survive."""
+    import cluster
+    import data_pipeline
+    import eval as eval_pkg
+    import pretrain
+    return {"py_modules": [str(Path(m.__file__).parent) for m in (data_pipeline, pretrain, eval_pkg, cluster)],
+            "excludes": ["**/__pycache__"]}
+
+
 def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
@@ -60,14 +71,10 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     if address == "auto":
         # The cluster this process already belongs to: RAY_ADDRESS (set for a Ray Jobs API / KubeRay job, whose
-        # working_dir or image carries the code) or the cluster `ray start` made on this node.
+        # runtime_env or image carries the code) or the cluster `ray start` made on this node.
         ray.init(address="auto")
     elif address:
-        import cluster
-        import data_pipeline
-        import eval as eval_pkg
-        import pretrain
-        ray.init(address=address, runtime_env={"py_modules": [data_pipeline, pretrain, eval_pkg, cluster]})
+        ray.init(address=address, runtime_env=code_runtime_env())
     else:
         # An embedded instance serves this machine only: bind it to the loopback interface. address="local"
         # always starts a new instance: without it ray.init() attaches to whatever Ray was started last on

@@ -58,17 +58,25 @@ def baseline_features(name: str, train: str, test: str, image_size: int, *, enco
 def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str, *, run_dir: str | Path | None = None,
               baselines: Sequence[str] = (), knn: bool = True, seed: int = 0, device: str = "cpu",
               image_size: int | None = None, encoder: str | None = None) -> dict:
-    """Probe a checkpoint (run dir, checkpoint dir or state.pt; None: baselines only) and the named baselines."""
+    """Probe a checkpoint (run dir, checkpoint dir, state.pt or an exported encoder's directory; None: baselines
+    only) and the named baselines."""
     results: dict = {"train": str(train_source), "test": str(test_source), "seed": seed, "baselines": {}}
     small_stem, norm = True, "batch"
     if checkpoint is not None:
-        from pretrain.checkpoint import find_latest_checkpoint, load_method
-        method, cfg = load_method(checkpoint, device=device)
-        image_size = image_size or cfg.data.image_size
-        encoder, small_stem, norm = encoder or cfg.model.encoder, cfg.model.small_stem, cfg.model.norm
-        xtr, ytr = extract_features(method.represent, train_source, image_size, device=device)
-        xte, yte = extract_features(method.represent, test_source, image_size, device=device)
-        results["checkpoint"] = str(find_latest_checkpoint(Path(checkpoint)))
+        from pretrain.export import is_export, load_encoder
+        if is_export(checkpoint):
+            represent = load_encoder(checkpoint, device=device)
+            model = represent.config["bigbatch"]["encoder"]
+            size, results["checkpoint"] = represent.image_size, str(checkpoint)
+        else:
+            from pretrain.checkpoint import find_latest_checkpoint, load_method
+            method, cfg = load_method(checkpoint, device=device)
+            represent, model, size = method.represent, cfg.model.model_dump(), cfg.data.image_size
+            results["checkpoint"] = str(find_latest_checkpoint(Path(checkpoint)))
+        image_size = image_size or size
+        encoder, small_stem, norm = encoder or model["encoder"], model["small_stem"], model["norm"]
+        xtr, ytr = extract_features(represent, train_source, image_size, device=device)
+        xte, yte = extract_features(represent, test_source, image_size, device=device)
         results["method"] = evaluate_features(xtr, ytr, xte, yte, knn=knn, seed=seed, device=device)
     if image_size is None:
         raise ValueError("image_size is needed when probing baselines without a checkpoint")

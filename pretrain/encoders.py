@@ -4,16 +4,36 @@
 ``small_stem=True`` adapts ResNets to 32-px inputs (3×3 stride-1 first conv, no max-pool), as in
 the SimCLR CIFAR recipe. ``norm="group"`` swaps BatchNorm for GroupNorm (batch-independent,
 so data-parallel and single-process runs give the same numbers on CPU).
+
+Every encoder is built by a timm entrypoint, so timm records how to rebuild it (``model_args``) and
+``timm.create_model(..., pretrained=True)`` loads exported weights into it: ``bb_convnet_*`` are bigbatch's
+CNNs, ``bb_timm(base_model=…, small_stem=…, norm=…)`` is a timm model with bigbatch's changes; both need
+``import pretrain.encoders`` (bigbatch installed) to be in timm's registry. Unchanged timm models stay stock.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, model_entrypoint, register_model
 from torch import nn
 
-_DEFAULT_CFG = {"num_classes": 0, "input_size": (3, 32, 32)}
+from pretrain.preprocess import MEAN, STD
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    """timm pretrained_cfg of bigbatch's entrypoints: 32-px inputs, bigbatch's Normalize statistics, no classifier."""
+    return {"input_size": (3, 32, 32), "num_classes": 0, "mean": MEAN, "std": STD, "interpolation": "bilinear",
+            "crop_pct": 1.0, "crop_mode": "center", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({  # read by timm's register_model below
+    **{f"bb_convnet_{size}": _cfg(first_conv="features.0", classifier="head")
+       for size in ("tiny", "small", "medium", "deep")},
+    "bb_timm": _cfg(),
+})
 
 
 def _norm_layer(kind: str, channels: int) -> nn.Module:
@@ -46,8 +66,9 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = c
+        self.num_classes = num_classes
+        self.in_chans = in_chans
         self.head = nn.Linear(c, num_classes) if num_classes else nn.Identity()
-        self.default_cfg = dict(_DEFAULT_CFG)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -56,22 +77,26 @@ class ConvNet(nn.Module):
         return self.head(torch.flatten(self.pool(self.features(x)), 1))
 
 
+def _convnet(variant: str, pretrained: bool, **kwargs: Any) -> ConvNet:
+    return build_model_with_cfg(ConvNet, variant, pretrained, **kwargs)
+
+
 @register_model
 def bb_convnet_tiny(pretrained: bool = False, **kwargs: object) -> ConvNet:
     """~0.1 M parameters: widths 16-32-64."""
-    return ConvNet(widths=(16, 32, 64), **kwargs)
+    return _convnet("bb_convnet_tiny", pretrained, widths=(16, 32, 64), **kwargs)
 
 
 @register_model
 def bb_convnet_small(pretrained: bool = False, **kwargs: object) -> ConvNet:
     """~0.3 M parameters: widths 32-64-128."""
-    return ConvNet(widths=(32, 64, 128), **kwargs)
+    return _convnet("bb_convnet_small", pretrained, widths=(32, 64, 128), **kwargs)
 
 
 @register_model
 def bb_convnet_medium(pretrained: bool = False, **kwargs: object) -> ConvNet:
     """~1.1 M parameters: widths 64-128-256; 256-d features (≈ 90 pairs/s at 32 px on 2 cores, vs ≈ 280 for small)."""
-    return ConvNet(widths=(64, 128, 256), **kwargs)
+    return _convnet("bb_convnet_medium", pretrained, widths=(64, 128, 256), **kwargs)
 
 
 @register_model
@@ -79,7 +104,7 @@ def bb_convnet_deep(pretrained: bool = False, **kwargs: object) -> ConvNet:
     """~1.2 M parameters: four stages 32-64-128-256 (32 → 4 px), 256-d features. The extra stage runs at 4×4,
     so a training step runs at ≈ 0.78× small's images/s (0.66× end to end under Ray) for 4× the parameters; medium's
     wider early stages run at ≈ 0.28× (bf16 + NHWC, one core, batch 256)."""
-    return ConvNet(widths=(32, 64, 128, 256), **kwargs)
+    return _convnet("bb_convnet_deep", pretrained, widths=(32, 64, 128, 256), **kwargs)
 
 
 def _small_stem(model: nn.Module) -> nn.Module:
@@ -92,23 +117,43 @@ def _small_stem(model: nn.Module) -> nn.Module:
     return model
 
 
-def create_encoder(name: str = "resnet18", *, small_stem: bool = False, norm: str = "batch",
-                   in_chans: int = 3) -> nn.Module:
-    """A timm backbone with its classifier removed: forward(x) -> [B, model.num_features]."""
-    kwargs: dict[str, object] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
-    if name.startswith("bb_"):
-        kwargs["norm"] = norm
-    elif norm == "group":
+def _adapted(base_model: str, small_stem: bool = False, norm: str = "batch", **kwargs: Any) -> nn.Module:
+    """timm's ``base_model`` (random init) with bigbatch's changes: GroupNorm for ``norm='group'``, the small stem."""
+    if norm == "group":
         kwargs["norm_layer"] = lambda c, **_: _norm_layer("group", c)
     elif norm != "batch":
         raise ValueError(f"norm={norm!r} is only available for bb_* encoders; timm models take batch|group")
+    if not timm.is_model(base_model):
+        raise ValueError(f"unknown encoder {base_model!r}: not in timm's registry")
+    model = model_entrypoint(base_model)(pretrained=False, **kwargs)
+    return _small_stem(model) if small_stem else model
+
+
+@register_model
+def bb_timm(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A timm model as bigbatch trains it: ``base_model`` name, ``small_stem``, ``norm`` (batch|group)."""
+    return build_model_with_cfg(_adapted, "bb_timm", pretrained, **kwargs)
+
+
+def encoder_args(name: str = "resnet18", *, small_stem: bool = False, norm: str = "batch",
+                 in_chans: int = 3) -> tuple[str, dict[str, Any]]:
+    """(timm entrypoint, its model_args) that build the encoder ``create_encoder`` describes, classifier removed."""
+    if name.startswith("bb_"):
+        return name, {"in_chans": in_chans, "num_classes": 0, "norm": norm}
+    if small_stem or norm != "batch":
+        return "bb_timm", {"base_model": name, "small_stem": small_stem, "norm": norm, "in_chans": in_chans,
+                           "num_classes": 0}
+    return name, {"in_chans": in_chans, "num_classes": 0}
+
+
+def create_encoder(name: str = "resnet18", *, small_stem: bool = False, norm: str = "batch",
+                   in_chans: int = 3) -> nn.Module:
+    """A timm backbone with its classifier removed: forward(x) -> [B, model.num_features]."""
+    arch, args = encoder_args(name, small_stem=small_stem, norm=norm, in_chans=in_chans)
     try:
-        model = timm.create_model(name, **kwargs)
+        return timm.create_model(arch, pretrained=False, **args)
     except RuntimeError as exc:  # timm: "Unknown model (...)"
         raise ValueError(f"unknown encoder {name!r}: {exc}") from exc
-    if small_stem and not name.startswith("bb_"):
-        model = _small_stem(model)
-    return model
 
 
 class ProjectionHead(nn.Module):

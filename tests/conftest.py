@@ -1,9 +1,16 @@
 """Shared fixtures: small real data (digits shards and image folder every clone has; a few hundred CIFAR-10
-images where the archive is present) and one local Ray instance."""
+images where the archive is present), one local Ray instance, a two-node loopback Ray cluster on an interpreter
+without bigbatch, and the project's wheel."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -105,3 +112,94 @@ def ray_local():
                  _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
+
+
+# -- a Python that has bigbatch's dependencies but not bigbatch, and a two-node Ray cluster running on it ----------
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("data_pipeline", "pretrain", "eval", "cluster")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def venv_with_test_deps(path: Path) -> Path:
+    """A new venv (no pip) that sees this test interpreter's site-packages through a .pth path entry. The .pth files
+    in there (an editable install's finder) are not run for such an entry: bigbatch is not importable from it."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    site, = path.glob("lib/python*/site-packages")
+    deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (site / "test-deps.pth").write_text("".join(f"{p}\n" for p in deps))
+    return path / "bin" / "python"
+
+
+# The environment of test clusters and their clients, fixed at import. Servers stay on loopback, so token auth is off
+# explicitly: an in-process ray.init (ray_local) sets RAY_AUTH_MODE=token in os.environ, and a cluster started after
+# that would refuse clients whose environment was copied before.
+LOOPBACK_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def env_without_bigbatch(python: Path) -> dict[str, str]:
+    """The environment for processes of ``python``: its bin first on PATH (a Ray job's `python`), no PYTHONPATH."""
+    env = {k: v for k, v in LOOPBACK_ENV.items() if k != "PYTHONPATH"}
+    return {**env, "PATH": f"{python.parent}{os.pathsep}{env.get('PATH', '')}"}
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    python = venv_with_test_deps(tmp_path_factory.mktemp("bare") / "venv")
+    check = subprocess.run([str(python), "-c", "import pretrain"], capture_output=True, text=True,
+                           env=env_without_bigbatch(python), cwd=python.parent, timeout=300)
+    assert "No module named 'pretrain'" in check.stderr, check.stderr[-2000:]
+    return python
+
+
+CLUSTER_SCRIPT = r"""
+import json, sys
+from ray.cluster_utils import Cluster
+port, agent_port = int(sys.argv[1]), int(sys.argv[2])
+# The head's job agent gets a free port: its default (52365) may be held by another Ray on this machine (the
+# test session's embedded instance), and a head without an agent answers every job "No available agent".
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
+            "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+            "dashboard_agent_listen_port": agent_port})
+c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+c.wait_for_nodes()
+print(json.dumps({"address": c.address, "dashboard": f"http://127.0.0.1:{port}"}), flush=True)
+sys.stdin.read()          # the test closes stdin when it is done
+c.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(bare_python: Path):
+    """Two Ray nodes on 127.0.0.1 (one CPU each) run by an interpreter without bigbatch: jobs and drivers must ship
+    the code (py_modules). Yields {"address": GCS address, "dashboard": Jobs API URL}."""
+    proc = subprocess.Popen([str(bare_python), "-c", CLUSTER_SCRIPT, str(free_port()), str(free_port())],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env_without_bigbatch(bare_python), cwd=bare_python.parent)
+    try:
+        yield json.loads(proc.stdout.readline())
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # our own child, by PID
+
+
+def build_wheel(dest: Path) -> Path:
+    """The project's wheel, built without isolation from a copy of the sources (no tests, no .venv)."""
+    pytest.importorskip("setuptools", reason="building the wheel without isolation needs setuptools in this venv")
+    src = dest / "src"
+    src.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(dest / "dist"), str(src)], check=True, timeout=300)
+    wheel, = (dest / "dist").glob("bigbatch-*.whl")
+    return wheel

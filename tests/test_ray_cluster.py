@@ -1,63 +1,20 @@
 """The same job on an existing multi-node Ray cluster: two Ray nodes started on this machine (127.0.0.1, one CPU
-each), `bigbatch pretrain --address` placing the two workers on different nodes, and `bigbatch submit` through the
-Ray Jobs API."""
+each, run by an interpreter without bigbatch: conftest's two_node_cluster), `bigbatch pretrain --address` placing
+the two workers on different nodes, and `bigbatch submit` through the Ray Jobs API (also from a wheel install)."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import LOOPBACK_ENV, build_wheel, env_without_bigbatch, free_port, venv_with_test_deps
 
 pytestmark = pytest.mark.slow
-
-CLUSTER_SCRIPT = r"""
-import json, sys
-from ray.cluster_utils import Cluster
-port, agent_port = int(sys.argv[1]), int(sys.argv[2])
-# The head's job agent gets a free port: its default (52365) may be held by another Ray on this machine (the
-# test session's embedded instance), and a head without an agent answers every job "No available agent".
-c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1",
-            "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-            "dashboard_agent_listen_port": agent_port})
-c.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-c.wait_for_nodes()
-print(json.dumps({"address": c.address, "dashboard": f"http://127.0.0.1:{port}"}), flush=True)
-sys.stdin.read()          # the test closes stdin when it is done
-c.shutdown()
-"""
-
-# Ray picks the machine's routable IP for its nodes unless told otherwise; keep every server on loopback.
-# A submitted job runs `python` from the cluster's PATH: here, this test's interpreter.
-LOOPBACK_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def two_node_cluster():
-    proc = subprocess.Popen([sys.executable, "-c", CLUSTER_SCRIPT, str(_free_port()), str(_free_port())], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=LOOPBACK_ENV)
-    try:
-        line = proc.stdout.readline()
-        info = json.loads(line)
-        yield info
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # our own child, by PID
 
 
 def _overrides(digits_shards, storage: Path, name: str) -> list[str]:
@@ -91,6 +48,35 @@ def test_submit_through_jobs_api(two_node_cluster, digits_shards, tmp_path):
     assert time.time() - t0 < 600
 
 
+def test_submit_from_a_wheel_install(two_node_cluster, digits_shards, tmp_path):
+    """A fresh venv with the wheel (not editable), a user's config file outside any checkout, submitted from an
+    unrelated directory: the cluster's interpreter has no bigbatch, so the job runs only if submit ships it."""
+    wheel = build_wheel(tmp_path / "build")
+    python = venv_with_test_deps(tmp_path / "client")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
+                    str(wheel)], check=True, timeout=300)
+    env = env_without_bigbatch(python)
+    where = subprocess.run([str(python), "-c", "import cluster; print(cluster.__file__)"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, check=True).stdout
+    assert where.startswith(str(tmp_path / "client")), where  # the wheel's copy, not a checkout
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "my-run.yaml").write_text(yaml.safe_dump({
+        "seed": 7, "batch_size": 64, "steps": 4, "checkpoint_every": 2, "log_every": 2,
+        "model": {"encoder": "bb_convnet_tiny", "proj_hidden": 64, "proj_dim": 32},
+        "data": {"image_size": 16, "train": str(digits_shards["train"])},
+        "eval": {"probe": False}, "cluster": {"workers": 2, "cpus_per_worker": 1}}))
+    cmd = [str(python.parent / "bigbatch"), "submit", "my-run.yaml", f"cluster.storage_path={tmp_path / 'runs'}",
+           "name=from-wheel", "--address", two_node_cluster["dashboard"], "--wait", "--timeout", "500"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=user, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "SUCCEEDED" in out.stdout
+    run_dir = tmp_path / "runs" / "from-wheel"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 7  # the user's file reached the job
+    assert json.loads((run_dir / "train_summary.json").read_text())["final"]["step"] == 4
+
+
 def test_submit_rejects_bad_config_locally(two_node_cluster):
     out = subprocess.run([sys.executable, "-m", "cluster.cli", "submit", "loss.name=bogus", "--address",
                           two_node_cluster["dashboard"]], capture_output=True, text=True, env=LOOPBACK_ENV)
@@ -100,7 +86,7 @@ def test_submit_rejects_bad_config_locally(two_node_cluster):
 def test_embedded_run_never_attaches_to_another_ray(digits_shards, tmp_path):
     """Without --address a run starts its own Ray, even when RAY_ADDRESS (or Ray's record of the last cluster
     started on this machine) names another one: here a dead address, which plain ray.init() would try to join."""
-    env = {**LOOPBACK_ENV, "RAY_ADDRESS": f"127.0.0.1:{_free_port()}"}
+    env = {**LOOPBACK_ENV, "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
     items = [i for i in _overrides(digits_shards, tmp_path, "own-ray") if not i.startswith("steps=")]
     cmd = [sys.executable, "-m", "cluster.cli", "pretrain", *items, "steps=2", "--no-progress"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

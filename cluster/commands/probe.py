@@ -1,4 +1,4 @@
-"""`bigbatch probe RUN_DIR|CHECKPOINT --train SHARDS --test SHARDS [--baseline …]`: linear probe + kNN."""
+"""`bigbatch probe RUN_DIR|CHECKPOINT|EXPORT_DIR --train SHARDS --test SHARDS [--baseline …]`: linear probe + kNN."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("probe", help="linear probe and kNN of a checkpoint's frozen features (and baselines)")
-    p.add_argument("checkpoint", nargs="?", default=None, help="run directory, checkpoint dir or state.pt")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="run directory, checkpoint dir, state.pt, or a directory written by `bigbatch export`")
     p.add_argument("--train", required=True, help="labelled training shards ('digits' for the built-in split)")
     p.add_argument("--test", required=True, help="held-out shards ('digits-holdout' for the built-in split)")
     p.add_argument("--baseline", action="append", default=[], choices=["pixels", "pca", "ppca", "random-init"])

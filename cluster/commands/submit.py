@@ -1,21 +1,21 @@
 """`bigbatch submit CONFIG [key=value …] --address http://HEAD:8265`: the pretraining job through the Ray Jobs API.
 
-The project directory is uploaded as the job's working directory (without .venv, .git and run outputs);
-the entrypoint is ``python -m cluster.cli pretrain …`` run on the head node, which then drives the workers.
+The job's runtime_env ships bigbatch's four packages as ``py_modules`` from wherever they are installed (a
+checkout or a wheel's site-packages); a CONFIG given as a file travels alone in a working_dir of its own. The
+entrypoint is ``python -m cluster.cli pretrain …`` run on the head node, which then drives the workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "runs", "bigbatch_runs", ".pytest_cache", "*.tar"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,26 +67,26 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"bigbatch submit: {exc}", file=sys.stderr)
         return 2
-    items = list(args.items)
-    if config and Path(config).is_file():  # ship the config inside the working dir, relative to it
-        try:
-            items[0] = str(Path(config).resolve().relative_to(PROJECT_ROOT))
-        except ValueError:
-            print(f"bigbatch submit: {config} must lie inside the project directory {PROJECT_ROOT} "
-                  "(it is uploaded as the job's working directory)", file=sys.stderr)
-            return 2
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from cluster.launch import code_runtime_env
 
-    runtime_env: dict = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES}
+    items = list(args.items)
+    runtime_env: dict = code_runtime_env()
     if args.pip:
         runtime_env["pip"] = args.pip
-    try:
-        client, job_id = submit_when_ready(lambda: JobSubmissionClient(args.address), entrypoint(items),
-                                           runtime_env, args.connect_timeout)
-    except (RuntimeError, ConnectionError) as exc:
-        print(f"bigbatch submit: the Jobs API at {args.address} did not take the job within "
-              f"{args.connect_timeout:.0f} s: {exc}", file=sys.stderr)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="bigbatch-submit-") as workdir:
+        if config and Path(config).is_file():  # the user's file, as the job's working dir: CONFIG by its name
+            items[0] = Path(config).name
+            shutil.copyfile(config, Path(workdir) / items[0])
+            runtime_env["working_dir"] = workdir
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        try:
+            client, job_id = submit_when_ready(lambda: JobSubmissionClient(args.address), entrypoint(items),
+                                               runtime_env, args.connect_timeout)
+        except (RuntimeError, ConnectionError) as exc:
+            print(f"bigbatch submit: the Jobs API at {args.address} did not take the job within "
+                  f"{args.connect_timeout:.0f} s: {exc}", file=sys.stderr)
+            return 1
     print(f"submitted job {job_id} to {args.address}")
     print(f"  follow: ray job logs --address {args.address} --follow {job_id}")
     if not args.wait:
