@@ -61,14 +61,14 @@ class _AllReduceWithGrad(torch.autograd.Function):
         return grad
 
 
-def check_equal_shards(n_local: int) -> None:
-    """All workers must hold the same number of rows (the data plan guarantees it); fail loudly otherwise."""
+def check_equal_shards(n_local: int, device: torch.device) -> None:
+    """All workers must hold the same number of rows (the data plan guarantees it); fail loudly otherwise.
+    One all-reduce on ``device`` (the inputs' device, so NCCL/XCCL get their own GPU) and a host read: the losses
+    call it on their first forward only."""
     _, size = world()
     if size == 1:
         return
-    t = torch.tensor([n_local, -n_local], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = torch.tensor([n_local, -n_local], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if int(t[0]) != n_local or int(-t[1]) != n_local:
         raise ValueError(f"contrastive loss: workers hold different batch sizes (max {int(t[0])}, min {int(-t[1])}, "
