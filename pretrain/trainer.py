@@ -164,6 +164,8 @@ class Trainer:
                 self.batch_in_epoch += 1
                 window_steps += 1
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    if self.device.type == "cuda":  # the window's kernels finish inside the window (log steps only)
+                        torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - window_t0
                     stats = getattr(loader, "stats", {}) or {}
                     last = _reduce_over_ranks(
