@@ -59,7 +59,7 @@ class StreamSpec:
     max_bad_fraction: float = 0.01
     equalize: bool = True
     remainder: Literal["repeat", "drop"] = "repeat"
-    pin_memory: bool | None = None  # None: when CUDA is available
+    pin_memory: bool = False        # page-locked batches: for a CUDA target only (pinning creates a CUDA context)
 
     @property
     def recipe(self) -> ViewRecipe:
@@ -362,9 +362,8 @@ class ShardLoader:
         k = self.spec.num_workers
         ds = _PlanDataset(self.spec, self.manifest, self.plan, self.rank, self.start_batch)
         if k > 0:
-            pin = torch.cuda.is_available() if self.spec.pin_memory is None else self.spec.pin_memory
-            loader = DataLoader(ds, batch_size=None, num_workers=k, persistent_workers=False, pin_memory=pin,
-                                prefetch_factor=2, multiprocessing_context=_mp_context())
+            loader = DataLoader(ds, batch_size=None, num_workers=k, persistent_workers=False,
+                                pin_memory=self.spec.pin_memory, prefetch_factor=2, multiprocessing_context=_mp_context())
         else:
             loader = ds
         expected = self.start_batch

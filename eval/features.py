@@ -16,7 +16,8 @@ def extract_features(represent: Callable[[torch.Tensor], torch.Tensor], source: 
     from data_pipeline.stream import StreamSpec, make_loader
 
     spec = StreamSpec(source=source, batch_size=batch_size, num_views=1, augment=False, shuffle=False,
-                      equalize=False, image_size=image_size, num_workers=num_workers)
+                      equalize=False, image_size=image_size, num_workers=num_workers,
+                      pin_memory=torch.device(device).type == "cuda")
     feats, labels = [], []
     for batch in make_loader(spec):
         x = batch["views"][0].to(device, non_blocking=True)

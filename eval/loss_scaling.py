@@ -1,15 +1,18 @@
 """How each contrastive loss scales: forward+backward time and peak memory against the batch size B (images),
-optionally under W gloo processes, with the bare matrix-product floor of the ranking forms measured alongside.
+optionally under W processes (CPU: gloo; CUDA: NCCL, one GPU per process), with the bare matrix-product floor of
+the ranking forms measured alongside, on the same device as the loss.
 
-Every (loss, B, W) configuration runs in a fresh subprocess, so one configuration's allocations cannot inflate
-another's peak. Peak memory on CPU is the process's peak resident set (ru_maxrss) above its resident set just
-before the inputs were created — the inputs, activations and gradients of the loss; on CUDA it is
-torch.cuda.max_memory_allocated. Bytes sent per worker per step are counted for ring collectives
-(all-gather: (W−1)/W of the gathered tensor; all-reduce: 2(W−1)/W of the reduced one), forward and backward.
+Every (loss, B, W) configuration runs in fresh subprocesses (one per rank), so one configuration's allocations cannot
+inflate another's peak; a configuration that fails is reported as failed, with the failing rank's last error line.
+Peak memory on CPU is the process's peak resident set (ru_maxrss) above its resident set just before the inputs were
+created — the inputs, activations and gradients of the loss; on CUDA it is torch.cuda.max_memory_allocated. Bytes
+sent per worker per step are counted for ring collectives (all-gather: (W−1)/W of the gathered tensor; all-reduce:
+2(W−1)/W of the reduced one), forward and backward.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -39,6 +43,7 @@ class Config:
     num_negatives: int = 1
     repeats: int = 3
     threads: int | None = None
+    device: str = "cpu"      # "cuda": rank r on cuda:r
 
 
 @dataclass
@@ -48,7 +53,8 @@ class Result:
     peak_bytes: int | None = None        # peak memory of the loss step (max over ranks)
     floor_s: float | None = None         # bare matmuls of the same shapes (ranking forms)
     bytes_sent: int = 0                  # per worker per step, loss collectives only
-    skipped: str | None = None
+    skipped: str | None = None           # not run, and why (too large for the memory here, beyond the O(B²) cap)
+    error: str | None = None             # ran and failed (or timed out): the reason
     extra: dict = field(default_factory=dict)
 
 
@@ -96,16 +102,35 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _floor(cfg: Config, local_views: int) -> float:
-    """Median time of the ranking forms' matrix products: S = U Cᵀ, then ∂U = G C and ∂C = Gᵀ U (tiled like the
-    blockwise form when the full S would not fit in memory)."""
+def rank_device(cfg: Config, rank: int) -> torch.device:
+    """CPU, or this rank's own GPU ``cuda:rank`` made the current device (NCCL needs one GPU per rank)."""
+    if cfg.device != "cuda":
+        return torch.device("cpu")
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def backend(cfg: Config) -> str:
+    return "nccl" if cfg.device == "cuda" else "gloo"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _floor(cfg: Config, local_views: int, device: torch.device) -> float:
+    """Median time of the ranking forms' matrix products on ``device``: S = U Cᵀ, then ∂U = G C and ∂C = Gᵀ U
+    (tiled like the blockwise form when the full S would not fit in memory)."""
     views = 2 * cfg.batch
     g = torch.Generator().manual_seed(1)
-    u = torch.randn(local_views, cfg.dim, generator=g)
-    c = torch.randn(views, cfg.dim, generator=g)
+    u = torch.randn(local_views, cfg.dim, generator=g).to(device)
+    c = torch.randn(views, cfg.dim, generator=g).to(device)
     tile = min(views, max(cfg.block_size, 4096))
     times = []
     for _ in range(max(1, cfg.repeats)):
+        _sync(device)
         t0 = time.perf_counter()
         for r0 in range(0, local_views, tile):
             ur = u[r0:r0 + tile]
@@ -113,6 +138,7 @@ def _floor(cfg: Config, local_views: int) -> float:
                 s = ur @ c[c0:c0 + tile].T
                 s @ c[c0:c0 + tile]
                 s.T @ ur
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -121,7 +147,7 @@ def run_rank(cfg: Config, rank: int = 0) -> dict:
     """Measure one configuration on this rank (inside its own process)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = rank_device(cfg, rank)
     loss_fn = build(cfg).to(device)
     n = cfg.batch // cfg.world_size
     # warm up kernels and the collectives on a small batch before the baseline is taken
@@ -136,24 +162,23 @@ def run_rank(cfg: Config, rank: int = 0) -> dict:
     times = []
     for _ in range(max(1, cfg.repeats)):
         z1.grad = z2.grad = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         t0 = time.perf_counter()
         loss_fn(z1, z2).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _maxrss_bytes() - base
     out = {"time_s": statistics.median(times), "peak_bytes": int(peak)}
     if cfg.loss in ("ranking", "ranking-blockwise") and rank == 0 and cfg.batch <= FLOOR_MAX_BATCH:
-        out["floor_s"] = _floor(cfg, 2 * n)
+        out["floor_s"] = _floor(cfg, 2 * n, device)
     return out
 
 
 def _rank_main(cfg: Config, rank: int, port: int) -> dict:
     import torch.distributed as dist
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=cfg.world_size)
+    rank_device(cfg, rank)  # before the process group: NCCL binds the current device
+    dist.init_process_group(backend(cfg), rank=rank, world_size=cfg.world_size)
     try:
         return run_rank(cfg, rank)
     finally:
@@ -166,32 +191,63 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def memory_budget(cfg: Config, memory_limit: int | None = None) -> tuple[int, int, str]:
+    """(bytes needed, bytes available, where): on CUDA one rank's estimate against the smallest of its GPUs (90 %);
+    on CPU all ranks' estimates against 60 % of this host's RAM."""
+    if cfg.device == "cuda":
+        gpu = min(torch.cuda.get_device_properties(r).total_memory for r in range(cfg.world_size))
+        return estimated_bytes(cfg), memory_limit or int(0.9 * gpu), "GPU memory"
+    ram = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.6)
+    return estimated_bytes(cfg) * cfg.world_size, memory_limit or ram, "host memory"
+
+
 def measure(cfg: Config, timeout: float = 1800.0, memory_limit: int | None = None) -> Result:
-    """Run ``cfg`` in fresh subprocess(es) (one per rank) and collect the slowest rank's time and the largest peak."""
-    limit = memory_limit or int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.6)
-    need = estimated_bytes(cfg) * cfg.world_size
+    """Run ``cfg`` in fresh subprocess(es) (one per rank) and collect the slowest rank's time and the largest peak;
+    if a rank fails the others are stopped and the result carries the failing rank's last error line."""
+    need, limit, where = memory_budget(cfg, memory_limit)
     if need > limit:
-        return Result(cfg, skipped=f"needs ~{need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB limit",
+        return Result(cfg, skipped=f"needs ~{need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB of {where}",
                       bytes_sent=bytes_sent(cfg))
     port = _free_port()
     payload = json.dumps(asdict(cfg))
-    procs = [subprocess.Popen([sys.executable, "-m", "eval.loss_scaling", payload, str(rank), str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(cfg.world_size)]
-    outs = []
+    with contextlib.ExitStack() as stack:  # output to files: a rank never blocks on a full pipe
+        outs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(cfg.world_size)]
+        errs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(cfg.world_size)]
+        procs = [subprocess.Popen([sys.executable, "-m", "eval.loss_scaling", payload, str(rank), str(port)],
+                                  stdout=outs[rank], stderr=errs[rank], text=True) for rank in range(cfg.world_size)]
+        failed = _wait_all(procs, timeout)
+        if failed is not None:
+            rank, why = failed
+            if rank is not None:  # the rank's last stderr line: the exception that stopped it
+                errs[rank].seek(0)
+                lines = errs[rank].read().strip().splitlines()
+                why = f"rank {rank}: {lines[-1] if lines else why}"
+            return Result(cfg, error=why, bytes_sent=bytes_sent(cfg))
+        ranks = []
+        for f in outs:
+            f.seek(0)
+            ranks.append(json.loads(f.read().strip().splitlines()[-1]))
+    return Result(cfg, time_s=max(o["time_s"] for o in ranks), peak_bytes=max(o["peak_bytes"] for o in ranks),
+                  floor_s=next((o["floor_s"] for o in ranks if "floor_s" in o), None), bytes_sent=bytes_sent(cfg))
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> tuple[int | None, str] | None:
+    """Wait for every rank. On the first failure, or at the deadline, stop the others (their collectives would wait
+    for the failed rank forever) and return (rank, "exit code N") or (None, "timed out after T s"); None if all
+    succeeded."""
+    deadline = time.monotonic() + timeout
+    failed: tuple[int | None, str] | None = None
+    while failed is None and any(p.poll() is None for p in procs):
+        failed = next(((r, f"exit code {p.returncode}") for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+        if failed is None and time.monotonic() > deadline:
+            failed = (None, f"timed out after {timeout:.0f} s")
+        time.sleep(0.05)
+    failed = failed or next(((r, f"exit code {p.returncode}") for r, p in enumerate(procs) if p.returncode), None)
     for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            return Result(cfg, skipped=f"timed out after {timeout:.0f} s", bytes_sent=bytes_sent(cfg))
-        if p.returncode != 0:
-            return Result(cfg, skipped=f"failed: {stderr.strip().splitlines()[-1] if stderr.strip() else p.returncode}",
-                          bytes_sent=bytes_sent(cfg))
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
-    return Result(cfg, time_s=max(o["time_s"] for o in outs), peak_bytes=max(o["peak_bytes"] for o in outs),
-                  floor_s=next((o["floor_s"] for o in outs if "floor_s" in o), None), bytes_sent=bytes_sent(cfg))
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    return failed
 
 
 def loglog_slope(points: list[tuple[int, float]], lo: int | None = None, hi: int | None = None) -> float | None:

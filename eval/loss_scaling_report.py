@@ -12,12 +12,12 @@ QUADRATIC_MAX = {"ranking": 8192, "binary-all-pairs": 8192, "ranking-blockwise":
 
 def sweep(batches: Sequence[int], dim: int, world_size: int, losses: Sequence[str] = LOSSES, block_size: int = 512,
           repeats: int = 3, max_quadratic: dict[str, int] | None = None,
-          on_result: Callable[[Result], None] | None = None) -> list[Result]:
+          on_result: Callable[[Result], None] | None = None, device: str = "cpu") -> list[Result]:
     caps = {**QUADRATIC_MAX, **(max_quadratic or {})}
     results = []
     for loss in losses:
         for b in sorted(batches):
-            cfg = Config(loss, b, dim=dim, world_size=world_size, block_size=block_size,
+            cfg = Config(loss, b, dim=dim, world_size=world_size, block_size=block_size, device=device,
                          repeats=repeats if (b < 65536 or loss not in QUADRATIC) and b <= 262144 else 1)
             if loss in QUADRATIC and b > caps.get(loss, b):
                 r = Result(cfg, skipped=f"O(B²) beyond B={caps[loss]} (--max-quadratic)")
@@ -46,8 +46,9 @@ def _round(x: float | None) -> float | None:
 
 def row(r: Result) -> str:
     c = r.config
-    if r.skipped:
-        return f"{c.loss:18s}{c.batch:>9d}  {'—':>9s}  {'—':>10s}  {'—':>9s}  {'—':>7s}  {r.bytes_sent / 2**20:>9.2f}  {r.skipped}"
+    if r.skipped or r.error:
+        note = f"FAILED: {r.error}" if r.error else f"skipped: {r.skipped}"
+        return f"{c.loss:18s}{c.batch:>9d}  {'—':>9s}  {'—':>10s}  {'—':>9s}  {'—':>7s}  {r.bytes_sent / 2**20:>9.2f}  {note}"
     floor = f"{r.floor_s:9.3f}" if r.floor_s else f"{'':>9s}"
     ratio = f"{r.time_s / r.floor_s:7.2f}" if r.floor_s else f"{'':>7s}"
     return (f"{c.loss:18s}{c.batch:>9d}  {r.time_s:9.3f}  {r.peak_bytes / 2**20:10.1f}  {floor}  {ratio}  "
@@ -57,9 +58,13 @@ def row(r: Result) -> str:
 HEADER = (f"{'loss':18s}{'B':>9s}  {'time s':>9s}  {'peak MiB':>10s}  {'floor s':>9s}  {'×floor':>7s}  {'MiB sent':>9s}")
 
 
-def summary(results: list[Result], dim: int, world_size: int) -> dict:
+def summary(results: list[Result], dim: int, world_size: int, device: str = "cpu") -> dict:
     by = {(r.config.loss, r.config.batch): r for r in results}
-    out: dict = {"bench": "losses", "dim": dim, "world_size": world_size, "slopes_4096_to_1M": slopes(results)}
+    out: dict = {"bench": "losses", "dim": dim, "world_size": world_size, "device": device,
+                 "slopes_4096_to_1M": slopes(results)}
+    failed = [{"loss": r.config.loss, "batch": r.config.batch, "error": r.error} for r in results if r.error]
+    if failed:
+        out["failed"] = failed
     blk8k, plain8k, blk64k = by.get(("ranking-blockwise", 8192)), by.get(("ranking", 8192)), by.get(("ranking-blockwise", 65536))
     if blk8k and blk8k.time_s and blk8k.floor_s:
         out["blockwise_8192_over_floor"] = round(blk8k.time_s / blk8k.floor_s, 3)
@@ -69,7 +74,8 @@ def summary(results: list[Result], dim: int, world_size: int) -> dict:
     if blk64k and blk64k.peak_bytes is not None:
         out["blockwise_65536_peak_gib"] = round(blk64k.peak_bytes / 2**30, 3)
     out["results"] = [{"loss": r.config.loss, "batch": r.config.batch, "time_s": r.time_s, "peak_bytes": r.peak_bytes,
-                       "floor_s": r.floor_s, "bytes_sent": r.bytes_sent, "skipped": r.skipped} for r in results]
+                       "floor_s": r.floor_s, "bytes_sent": r.bytes_sent, "skipped": r.skipped, "error": r.error}
+                      for r in results]
     return out
 
 

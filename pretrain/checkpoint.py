@@ -2,7 +2,8 @@
 
 Layout of a checkpoint directory:
     state.pt          model, optimisers, schedulers, step, stream position, config (rank 0)
-    rng-rank{r}.pt    torch / numpy / python RNG state of rank r (every rank writes its own)
+    rng-rank{r}.pt    torch / numpy / python RNG state of rank r, and the CUDA generator of its own GPU (every rank
+                      writes its own)
 Everything is stored as tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)``
 reads it and refuses any pickled object.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,9 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
-def rng_state() -> dict[str, Any]:
-    """The process's RNG states in weights_only-loadable form."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The process's RNG states in weights_only-loadable form; with a CUDA ``device``, that GPU's generator only
+    (co-located ranks see the same GPUs, and a restarted group may see fewer: other GPUs are other ranks' business)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -48,8 +51,8 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "python": _py_state_to_lists(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
@@ -58,22 +61,35 @@ def _py_state_to_lists(state: tuple) -> list:
     return [version, list(internal), gauss]
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what ``rng_state`` saved; the saved CUDA generator goes to ``device`` (this rank's GPU, whatever its
+    index now). Older checkpoints hold a list, one state per GPU visible then: the entry at the device's index."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list):
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= len(cuda):
+            warnings.warn(f"checkpoint holds CUDA RNG states of {len(cuda)} GPUs, none for cuda:{index}: "
+                          "its generator keeps its seed", stacklevel=2)
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(directory: Path, *, rank: int, method_state: dict[str, Any] | None, step: int,
-                    stream: dict[str, int], config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """Write this rank's part of a checkpoint into ``directory`` (rank 0: the state; every rank: its RNG)."""
+                    stream: dict[str, int], config: dict[str, Any], extra: dict[str, Any] | None = None,
+                    device: torch.device | None = None) -> Path:
+    """Write this rank's part of a checkpoint into ``directory`` (rank 0: the state; every rank: its RNG, with its
+    CUDA ``device``'s generator)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_save(rng_state(), directory / f"rng-rank{rank}.pt")
+    atomic_save(rng_state(device), directory / f"rng-rank{rank}.pt")
     if rank == 0:
         assert method_state is not None
         atomic_save({"format": FORMAT_VERSION, "step": step, "stream": dict(stream), "config": config,

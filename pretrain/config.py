@@ -5,9 +5,10 @@ Ray-free: the cluster section is plain data that cluster/ turns into Ray Train's
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class Strict(BaseModel):
@@ -15,8 +16,8 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    train: str = Field("digits", description="'digits' (built in, written to the cache on first use) or shards: "
-                       "a directory with manifest.json, a manifest URL, or a brace pattern of .tar URLs")
+    train: str | None = Field(None, description="required: 'digits' (built in, written to the cache on first use) or "
+                              "shards: a directory with manifest.json, a manifest URL, or a brace pattern of .tar URLs")
     probe_train: str | None = Field(None, description="labelled shards for the probe's training split; default: `train`")
     probe_test: str | None = Field(None, description="held-out shards for the probe; default for digits: the built-in holdout")
     image_size: int = Field(32, ge=8, le=1024)
@@ -82,12 +83,22 @@ class GANConfig(Strict):
 class ClusterConfig(Strict):
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+    gpus_per_worker: float = Field(0.0, ge=0, description="0 (CPU, gloo) or 1 (one GPU per worker, NCCL)")
     address: str | None = Field(None, description="existing Ray cluster (ray://… or host:port); None: embedded local Ray")
     storage_path: str | None = Field(None, description="local dir, NFS path or s3://…; None: ~/bigbatch_runs")
     max_failures: int = Field(2, ge=-1)
     num_to_keep: int = Field(2, ge=1)
     threads_per_worker: int | None = Field(None, ge=1, description="torch intra-op threads; None: cpus_per_worker")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_gpu(cls, v: float) -> float:
+        """One DDP rank drives one GPU: a fraction puts two NCCL ranks on one GPU, more than one leaves GPUs idle."""
+        if v not in (0, 1):
+            raise PydanticCustomError("whole_gpu", "must be 0 (CPU workers) or 1 (one GPU per worker): NCCL needs a "
+                                      "whole GPU per rank and a worker drives one GPU; for more GPUs use more workers "
+                                      "(cluster.workers=N)")
+        return v
 
 
 class EvalConfig(Strict):
@@ -109,8 +120,11 @@ class RunConfig(Strict):
                                 "cores run them faster; numerics unchanged up to summation order")
     checkpoint_every: int = Field(50, ge=1)
     log_every: int = Field(10, ge=1)
-    deterministic: bool = False
-    data: DataConfig = Field(default_factory=DataConfig)
+    deterministic: bool = Field(False, description="deterministic kernels only (an op without one raises), fixed "
+                                "cuBLAS workspace, no cuDNN autotuning; slower")
+    tf32: bool = Field(True, description="CUDA: fp32 matmuls/convolutions on TF32 tensor cores (fp32 accumulate); "
+                       "false: full fp32")
+    data: DataConfig = Field(default_factory=dict, validate_default=True)  # {} → the validator asks for data.train
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -118,6 +132,17 @@ class RunConfig(Strict):
     gan: GANConfig = Field(default_factory=GANConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _train_given(cls, data: Any) -> Any:
+        """No silent fallback to the digits: presets about other data leave data.train to the command line."""
+        train = data.get("train") if isinstance(data, dict) else getattr(data, "train", None)
+        if train is None:
+            raise PydanticCustomError("data_train_required", "data.train is required: give data.train=SHARDS (a "
+                                      "directory with manifest.json, a manifest URL or a brace pattern of .tar URLs; "
+                                      "'digits' for the built-in digits)")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -24,6 +24,7 @@ from pretrain.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from pretrain.config import RunConfig
 from pretrain.methods import build_method
 from pretrain.methods.base import PretrainMethod
+from pretrain.precision import configure_backends
 
 WriteCheckpoint = Callable[[Path], None]
 
@@ -44,15 +45,24 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool = True):
+def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool = True, pin_memory: bool = False):
     """The training stream of one rank: its share of the global batch; augmented views unless the method
-    (VAE, GAN) models the images themselves."""
+    (VAE, GAN) models the images themselves; page-locked batches when they go to a CUDA device."""
     from data_pipeline.stream import StreamSpec
     d = cfg.data
     return StreamSpec(source=resolve_source(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
                       augment=augment, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
                       shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
-                      max_bad_fraction=d.max_bad_fraction, equalize=True)
+                      max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory)
+
+
+def sync_batchnorm(module: torch.nn.Module, device: torch.device, world_size: int, enabled: bool = True) -> torch.nn.Module:
+    """BatchNorm → SyncBatchNorm on multi-GPU runs, through timm's converter: it keeps the activation and dropout of
+    timm's fused BatchNormAct2d (torch's converter makes it a bare SyncBatchNorm that never applies them)."""
+    if not (enabled and device.type == "cuda" and world_size > 1):
+        return module
+    from timm.layers import convert_sync_batchnorm
+    return convert_sync_batchnorm(module)
 
 
 def ddp_wrapper(device: torch.device) -> Callable[[torch.nn.Module], torch.nn.Module]:
@@ -64,14 +74,18 @@ def ddp_wrapper(device: torch.device) -> Callable[[torch.nn.Module], torch.nn.Mo
     return lambda m: DDP(m, device_ids=ids, broadcast_buffers=False)
 
 
-def _reduce_over_ranks(mean: dict[str, float], total: dict[str, float], device: torch.device) -> dict[str, float]:
-    """One all-reduce: ``mean`` entries averaged over ranks, ``total`` entries summed."""
+Metric = float | torch.Tensor  # a number, or a 0-d tensor still on the device
+
+
+def _reduce_over_ranks(mean: dict[str, Metric], total: dict[str, Metric], device: torch.device) -> dict[str, float]:
+    """One all-reduce and one host read: ``mean`` entries averaged over ranks, ``total`` entries summed."""
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    if world == 1:
-        return {**mean, **total}
     keys_m, keys_t = sorted(mean), sorted(total)
-    t = torch.tensor([mean[k] / world for k in keys_m] + [total[k] for k in keys_t], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    t = torch.stack([torch.as_tensor(v, device=device).detach().to(torch.float64).reshape(())
+                     for v in [*(mean[k] for k in keys_m), *(total[k] for k in keys_t)]])
+    if world > 1:
+        t[: len(keys_m)] /= world
+        dist.all_reduce(t)
     return dict(zip(keys_m + keys_t, t.tolist(), strict=True))
 
 
@@ -94,15 +108,13 @@ class Trainer:
             # more slowly: a CIFAR binary-NCE window took 45 s for 5 steps, 13 s with flushing. Flush them to zero.
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.seed * 1000 + rank)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        method = build_method(cfg)
-        if device.type == "cuda" and cfg.model.sync_batchnorm and world_size > 1:
-            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        configure_backends(device, precision=cfg.precision, tf32=cfg.tf32, deterministic=cfg.deterministic)
+        method = sync_batchnorm(build_method(cfg), device, world_size, cfg.model.sync_batchnorm)
         # NHWC: 4-d weights only, before the DDP wrap so its buckets match the gradients' layout
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.method: PretrainMethod = method.to(device, memory_format=self.memory_format)
-        self.spec = stream_spec(cfg, world_size, method.num_views, augment=getattr(method, "augment", True))
+        self.spec = stream_spec(cfg, world_size, method.num_views, augment=getattr(method, "augment", True),
+                                pin_memory=device.type == "cuda")
         self.steps_per_epoch = len(self._loader(epoch=0, start_batch=0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"{cfg.data.train}: the stream gives 0 steps per epoch at batch {cfg.batch_size}")
@@ -120,14 +132,14 @@ class Trainer:
         self.step = state["step"]
         self.epoch, self.batch_in_epoch = state["stream"]["epoch"], state["stream"]["batch"]
         if rng is not None:
-            set_rng_state(rng)
+            set_rng_state(rng, self.device)
 
     def _write(self, directory: Path) -> None:
         if self.rank == 0:  # samples / reconstructions of this checkpoint's model travel with it
             self.method.save_artifacts(Path(directory) / "artifacts", self.step)
         save_checkpoint(directory, rank=self.rank, method_state=self.method.state() if self.rank == 0 else None,
                         step=self.step, stream={"epoch": self.epoch, "batch": self.batch_in_epoch},
-                        config=self.cfg.model_dump(mode="json"))
+                        config=self.cfg.model_dump(mode="json"), device=self.device)
 
     def fit(self, resume_from: Path | None = None) -> dict[str, Any]:
         """Train from the current position (0, or what ``restore``/``resume_from`` set) to ``total_steps``."""
@@ -147,11 +159,13 @@ class Trainer:
                     break
                 window_wait += time.perf_counter() - t0
                 batch["views"] = [to_device(v, self.device, self.memory_format) for v in batch["views"]]
-                metrics = self.method.train_step(batch, self.step)
+                metrics = self.method.train_step(batch, self.step)  # device tensors: read at log steps only
                 self.step += 1
                 self.batch_in_epoch += 1
                 window_steps += 1
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    if self.device.type == "cuda":  # the window's kernels finish inside the window (log steps only)
+                        torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - window_t0
                     stats = getattr(loader, "stats", {}) or {}
                     last = _reduce_over_ranks(

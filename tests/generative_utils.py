@@ -29,7 +29,7 @@ def digits_uint8(size: int = 16) -> torch.Tensor:
 
 def small_cfg(method: str, **sections: Any) -> RunConfig:
     """A fast CPU config on 16-px digits: tiny encoder, narrow decoder/generator; ``sections`` update the dump."""
-    tree: dict[str, Any] = {"method": method, "batch_size": 32, "data": {"image_size": 16},
+    tree: dict[str, Any] = {"method": method, "batch_size": 32, "data": {"train": "digits", "image_size": 16},
                             "model": {"encoder": "bb_convnet_tiny"}, "vae": {"decoder_width": 32},
                             "gan": {"gen_width": 32}, "cluster": {"workers": 1}}
     for key, value in sections.items():

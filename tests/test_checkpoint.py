@@ -84,3 +84,85 @@ def test_rng_state_roundtrip(tmp_path):
 def test_no_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no bigbatch checkpoint"):
         find_latest_checkpoint(tmp_path)
+
+
+class FakeCudaRNG:
+    """torch.cuda's generator bookkeeping for ``count`` visible GPUs, ``current`` selected: byte-tensor states per
+    index, and the IndexError torch raises for an index past the visible GPUs. No arithmetic is faked."""
+
+    def __init__(self, count: int, current: int) -> None:
+        self.count, self.current, self.reads = count, current, 0
+        self.states = {i: torch.full((16,), 10 * count + i, dtype=torch.uint8) for i in range(count)}
+
+    def _index(self, device) -> int:
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        index = self.current if device.index is None else device.index
+        if index >= self.count:
+            raise IndexError(f"tuple index out of range (cuda:{index} with {self.count} visible GPUs)")
+        return index
+
+    def get_rng_state(self, device="cuda"):
+        self.reads += 1
+        return self.states[self._index(device)].clone()
+
+    def set_rng_state(self, state, device="cuda"):
+        self.states[self._index(device)] = state.clone()
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        for module in (torch.cuda, torch.cuda.random):
+            monkeypatch.setattr(module, "get_rng_state", self.get_rng_state)
+            monkeypatch.setattr(module, "set_rng_state", self.set_rng_state)
+            monkeypatch.setattr(module, "device_count", lambda: self.count)
+            monkeypatch.setattr(module, "current_device", lambda: self.current)
+        return self
+
+
+@pytest.fixture
+def tiny_trainer(tmp_path, digits_shards):
+    from pretrain.trainer import LocalHooks, Trainer
+
+    cfg = load_run_config(None, ["model.encoder=bb_convnet_tiny", "model.proj_hidden=32", "data.image_size=16",
+                                 f"data.train={digits_shards['train']}", "batch_size=64", "cluster.workers=1"])
+    return lambda device: _on(Trainer(cfg, rank=0, world_size=1, device=torch.device("cpu"),
+                                      hooks=LocalHooks(tmp_path, 1)), device)
+
+
+def _on(trainer, device: torch.device):
+    trainer.device = device  # the RNG bookkeeping only: the model stays on CPU
+    return trainer
+
+
+def test_cuda_rng_is_the_ranks_own_gpu_and_restores_on_a_smaller_node(tmp_path, monkeypatch, tiny_trainer):
+    """Saved on cuda:1 of a node with 2 visible GPUs; restored by a group that sees one GPU: the rank's generator
+    (whatever its index now) gets the state, and nothing indexes past the visible GPUs."""
+    two = FakeCudaRNG(count=2, current=1).install(monkeypatch)
+    tiny_trainer(torch.device("cuda", 1))._write(tmp_path / "ckpt")
+    rng = torch.load(tmp_path / "ckpt" / "rng-rank0.pt", weights_only=True)
+    assert isinstance(rng["cuda"], torch.Tensor) and torch.equal(rng["cuda"], two.states[1])
+
+    one = FakeCudaRNG(count=1, current=0).install(monkeypatch)
+    tiny_trainer(torch.device("cuda", 0)).restore(tmp_path / "ckpt")
+    assert torch.equal(one.states[0], two.states[1])
+
+
+def test_old_checkpoint_with_a_list_of_cuda_states_loads(tmp_path, monkeypatch, tiny_trainer):
+    FakeCudaRNG(count=1, current=0).install(monkeypatch)
+    trainer = tiny_trainer(torch.device("cuda", 0))
+    trainer._write(tmp_path / "old")
+    path = tmp_path / "old" / "rng-rank0.pt"
+    rng = torch.load(path, weights_only=True)
+    saved = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 8, dtype=torch.uint8)]
+    atomic_save({**rng, "cuda": saved}, path)  # the former format: one state per GPU visible at save time
+    one = FakeCudaRNG(count=1, current=0).install(monkeypatch)
+    tiny_trainer(torch.device("cuda", 0)).restore(tmp_path / "old")
+    assert torch.equal(one.states[0], saved[0])
+    one = FakeCudaRNG(count=3, current=2).install(monkeypatch)
+    with pytest.warns(UserWarning, match="none for cuda:2"):
+        tiny_trainer(torch.device("cuda", 2)).restore(tmp_path / "old")
+
+
+def test_cpu_run_on_a_gpu_host_never_touches_cuda_generators(tmp_path, monkeypatch, tiny_trainer):
+    fake = FakeCudaRNG(count=2, current=0).install(monkeypatch)
+    tiny_trainer(torch.device("cpu"))._write(tmp_path / "cpu")
+    assert "cuda" not in torch.load(tmp_path / "cpu" / "rng-rank0.pt", weights_only=True) and fake.reads == 0

@@ -54,7 +54,6 @@ def test_ray_up_cluster_config_and_its_submit_command():
     text = (DEPLOY / "ray-cluster.yaml").read_text()
     cluster = yaml.safe_load(text)
     assert cluster["head_node_type"] in cluster["available_node_types"]
-    assert ray.__version__ in cluster["docker"]["image"]
     (mount, source), = cluster["file_mounts"].items()
     assert (ROOT / source).resolve() == ROOT  # `ray up` from the repository root mounts the project
     assert any(mount in cmd and "pip install" in cmd for cmd in cluster["setup_commands"])
@@ -73,3 +72,18 @@ def test_ray_up_cluster_config_and_its_submit_command():
     cfg = _resolved(["bigbatch", "pretrain", *items])
     assert cfg["cluster"]["gpus_per_worker"] >= 1
     assert cfg["cluster"]["workers"] <= cluster["available_node_types"]["gpu_worker"]["max_workers"]
+
+
+IMAGE = re.compile(r"\brayproject/(?P<family>[\w-]+):(?P<version>\d+\.\d+\.\d+)-(?P<tags>[\w.-]+)")
+
+
+def test_both_manifests_use_the_published_ray_image_of_the_installed_version():
+    """`ray up` and the RayJob's Dockerfile line start from the same image family, rayproject/ray, at the installed Ray
+    version with a GPU tag: ray-ml images were published up to 2.49 only, so `ray-ml:2.60.0-…` cannot be pulled."""
+    up = IMAGE.fullmatch(yaml.safe_load((DEPLOY / "ray-cluster.yaml").read_text())["docker"]["image"])
+    job = IMAGE.search((DEPLOY / "rayjob.yaml").read_text().split("FROM ", 1)[1])
+    for m in (up, job):
+        assert m, "no rayproject/… image"
+        assert m["family"] == "ray" and m["version"] == ray.__version__, m.group(0)
+        assert re.fullmatch(r"(py3\d+-)?(gpu|cu\d+)", m["tags"]), f"{m.group(0)}: not a GPU image"
+    assert up.group(0) == job.group(0)

@@ -1,104 +1,31 @@
 """The data-parallel contract: W gloo processes, each calling the loss on its shard of the batch inside a DDP-wrapped
 encoder, produce the parameter gradients (temperature/bias included) of one process computing the same loss on
-the whole batch — for the O(B) binary loss, of one process computing the mean of the workers' local losses."""
+the whole batch — for the O(B) binary loss, of one process computing the mean of the workers' local losses.
+The processes and the reference are cluster/doctor_ddp.py's, which `bigbatch doctor` runs on users' hardware."""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch import nn
 
-from pretrain.losses import BinaryNCE, RankingNCE, SpectralContrastive
+from cluster.doctor_ddp import (
+    CASES,
+    N_LOCAL,
+    Net,
+    ddp_contract,
+    global_batch,
+    grads,
+    run_ranks,
+    single_process,
+)
+from pretrain.losses import RankingNCE
 
 pytestmark = pytest.mark.slow
-
-N_LOCAL, D_IN, D_OUT = 6, 10, 8
-CASES = {
-    "ranking": lambda: RankingNCE(0.2),
-    "ranking-blockwise": lambda: RankingNCE(0.2, block_size=5),
-    "binary-all-pairs": lambda: BinaryNCE(all_pairs=True, init_bias=-1.0),
-    "binary-shift": lambda: BinaryNCE(num_negatives=2),
-    "spectral": lambda: SpectralContrastive(0.7),
-}
-
-
-class Net(nn.Module):
-    """A tiny encoder + the loss inside one module, as in SimCLR's DDP wrapper (learnable t/b averaged by DDP)."""
-
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.enc = nn.Sequential(nn.Linear(D_IN, 16), nn.Tanh(), nn.Linear(16, D_OUT))
-        self.loss = loss
-
-    def forward(self, x1, x2):
-        return self.loss(self.enc(x1), self.enc(x2))
-
-
-def global_batch(world: int):
-    """Rank r's rows are drawn with scale (1 + r) and offset r: shards that look nothing alike."""
-    g = torch.Generator().manual_seed(42)
-    parts = [(torch.randn(2, N_LOCAL, D_IN, generator=g) * (1 + r) + r) for r in range(world)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def grads(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.grad.detach().clone() for k, p in module.named_parameters()}
-
-
-def single_process(name: str, world: int):
-    net = Net(CASES[name]())
-    x1, x2 = global_batch(world)
-    if name == "binary-shift":  # the O(B) loss: the mean of the local losses over the same partition
-        loss = torch.stack([net(a, b) for a, b in zip(x1.chunk(world), x2.chunk(world), strict=True)]).mean()
-    else:
-        loss = net(x1, x2)
-    loss.backward()
-    return float(loss), grads(net)
-
-
-def worker(rank: int, world: int, port: int, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    out = {}
-    for name in CASES:
-        net = Net(CASES[name]())
-        ddp = nn.parallel.DistributedDataParallel(net)
-        x1, x2 = global_batch(world)
-        rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
-        loss = ddp(x1[rows], x2[rows])
-        loss.backward()
-        value = loss.detach().clone()
-        dist.all_reduce(value)
-        out[name] = (float(value) / world, {k: v.numpy() for k, v in grads(net).items()})  # by value, not shm
-    queue.put((rank, out))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_gradients_equal_single_process(world):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=worker, args=(r, world, port, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    results = run_ranks(world, "gloo")
     for name in CASES:
         ref_value, ref_grads = single_process(name, world)
         for rank in range(world):
@@ -120,3 +47,18 @@ def test_gather_without_gradient_would_fail_this_test():
     z2 = torch.cat([z2[:N_LOCAL], z2[other].detach()])
     RankingNCE(0.2)(z1, z2).backward()
     assert not torch.allclose(grads(net)["enc.0.weight"], full["enc.0.weight"], rtol=1e-3)
+
+
+def test_contract_report_flags_a_broken_loss(monkeypatch):
+    """The doctor's verdict is not vacuous: ranks whose gradients are summed instead of averaged (W× too large, what
+    a missing DDP average or a doubled all-reduce gives) fail the contract."""
+    import cluster.doctor_ddp as d
+
+    def summed(world, backend):
+        value, ref = single_process("ranking", world)
+        return {r: {"ranking": (value, {k: (world * v).numpy() for k, v in ref.items()})} for r in range(world)}
+
+    monkeypatch.setattr(d, "CASES", {"ranking": CASES["ranking"]})
+    monkeypatch.setattr(d, "run_ranks", summed)
+    report = ddp_contract(2, "gloo")
+    assert report["ranking"]["ok"] is False and report["ranking"]["grad_diff"] == pytest.approx(1.0)

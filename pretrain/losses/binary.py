@@ -45,6 +45,7 @@ class BinaryNCE(nn.Module):
             raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
         self.num_negatives = num_negatives
         self.all_pairs = all_pairs
+        self._shards_checked = False
         if init_bias is None:
             init_bias = -10.0 if all_pairs else -math.log(num_negatives)
         scale = torch.tensor(float(init_logit_scale))
@@ -76,16 +77,18 @@ class BinaryNCE(nn.Module):
 
     def _all_pairs(self, u1: torch.Tensor, u2: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         n = u1.shape[0]
-        check_equal_shards(n)
+        if not self._shards_checked:  # one host read, on the first forward only
+            check_equal_shards(n, u1.device)
+            self._shards_checked = True
         u = torch.cat([u1, u2])
         rank, _ = world()
         cols = gather_with_grad(u)
         self_idx, pos_idx = pair_indices(n, rank, u.device)
         logits = t * (u @ cols.T) + b
         rows = torch.arange(2 * n, device=u.device)
-        sign = torch.ones_like(logits).index_put_((rows, pos_idx), torch.tensor(-1.0, device=u.device))
+        sign = torch.ones_like(logits).index_put_((rows, pos_idx), logits.new_full((), -1.0))
         per_pair = F.softplus(sign * logits)   # positives: softplus(−x); negatives: softplus(x)
-        per_pair = per_pair.index_put((rows, self_idx), torch.tensor(0.0, device=u.device))
+        per_pair = per_pair.index_put((rows, self_idx), logits.new_zeros(()))
         return per_pair.sum(1).mean()
 
     def extra_repr(self) -> str:

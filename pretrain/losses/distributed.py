@@ -23,6 +23,11 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+# Newer torch names these all_gather_single / reduce_scatter_single and deprecates the *_tensor names.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 def _supports_reduce_scatter() -> bool:
     return dist.get_backend() in ("nccl", "xccl")  # gloo has no reduce_scatter
 
@@ -33,7 +38,7 @@ class _GatherWithGrad(torch.autograd.Function):
         rank, size = world()
         ctx.rank, ctx.size, ctx.n = rank, size, x.shape[0]
         out = x.new_empty((size * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x.contiguous())
+        _all_gather(out, x.contiguous())
         return out
 
     @staticmethod
@@ -41,7 +46,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         if _supports_reduce_scatter():
             out = grad.new_empty((ctx.n, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(out, grad, op=dist.ReduceOp.SUM)
+            _reduce_scatter(out, grad, op=dist.ReduceOp.SUM)
             return out
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # gloo: all-reduce, then keep this rank's rows
         return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n].clone()
@@ -61,14 +66,14 @@ class _AllReduceWithGrad(torch.autograd.Function):
         return grad
 
 
-def check_equal_shards(n_local: int) -> None:
-    """All workers must hold the same number of rows (the data plan guarantees it); fail loudly otherwise."""
+def check_equal_shards(n_local: int, device: torch.device) -> None:
+    """All workers must hold the same number of rows (the data plan guarantees it); fail loudly otherwise.
+    One all-reduce on ``device`` (the inputs' device, so NCCL/XCCL get their own GPU) and a host read: the losses
+    call it on their first forward only."""
     _, size = world()
     if size == 1:
         return
-    t = torch.tensor([n_local, -n_local], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = torch.tensor([n_local, -n_local], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if int(t[0]) != n_local or int(-t[1]) != n_local:
         raise ValueError(f"contrastive loss: workers hold different batch sizes (max {int(t[0])}, min {int(-t[1])}, "

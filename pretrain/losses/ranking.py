@@ -6,6 +6,7 @@ Each worker gathers every view (with gradient), computes ℓ_k for its own 2n ro
 returns their mean; the mean over workers is L and DDP's gradient average is the single-process gradient.
 Maths in fp32 whatever the autocast; the diagonal is excluded with −inf (no large constants).
 ``block_size`` switches to the tiled, memory-bounded form (ranking_blockwise.py): same value and gradient.
+No host-device synchronisation after the first forward (which checks that every worker holds as many rows).
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ class RankingNCE(nn.Module):
             raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
         self.temperature = temperature
         self.block_size = block_size
+        self._shards_checked = False
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         if z1.shape != z2.shape or z1.ndim != 2:
             raise ValueError(f"z1 and z2 must both be [n, d]; got {tuple(z1.shape)} and {tuple(z2.shape)}")
         n = z1.shape[0]
-        check_equal_shards(n)
+        if not self._shards_checked:
+            check_equal_shards(n, z1.device)
+            self._shards_checked = True
         with torch.autocast(device_type=z1.device.type, enabled=False):
             u = F.normalize(torch.cat([z1, z2]).float(), dim=1)
             rank, _ = world()
@@ -39,11 +43,11 @@ class RankingNCE(nn.Module):
             self_idx, pos_idx = pair_indices(n, rank, u.device)
             if self.block_size is not None:
                 from pretrain.losses.ranking_blockwise import blockwise_ranking_nce
-                return blockwise_ranking_nce(u, columns, self_idx, pos_idx, self.temperature, self.block_size)
+                return blockwise_ranking_nce(u, columns, rank * 2 * n, pos_idx, self.temperature, self.block_size)
             logits = u @ columns.T / self.temperature
             rows = torch.arange(2 * n, device=u.device)
             positive = logits[rows, pos_idx]
-            logits = logits.index_put((rows, self_idx), torch.tensor(float("-inf"), device=u.device))
+            logits = logits.index_put((rows, self_idx), logits.new_full((), float("-inf")))
             return (torch.logsumexp(logits, dim=1) - positive).mean()
 
     def extra_repr(self) -> str:

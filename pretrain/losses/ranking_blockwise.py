@@ -5,6 +5,8 @@ positive logit as a row-wise dot product. Backward recomputes each tile:
     ∂L/∂s_kl = (softmax_l(s_k·) − 1[l = p(k)]) / R,  with softmax over l ≠ k,
     ∂L/∂u_k = Σ_l ∂L/∂s_kl · c_l / τ,   ∂L/∂c_l = Σ_k ∂L/∂s_kl · u_k / τ.
 Memory O((R + C)·d + block²) instead of O(R·C); tiles of block² fp32 stay in cache.
+Row k's self-similarity is column ``base + k`` (the rows are a contiguous block of the columns), so each tile's
+masked entries are one diagonal found from integers: no host-device synchronisation per tile.
 """
 
 from __future__ import annotations
@@ -16,38 +18,37 @@ def _tiles(total: int, block: int) -> list[tuple[int, int]]:
     return [(s, min(s + block, total)) for s in range(0, total, block)]
 
 
-def _masked_tile(rows: torch.Tensor, cols: torch.Tensor, r0: int, c0: int, c1: int, self_idx: torch.Tensor,
+def _masked_tile(rows: torch.Tensor, cols: torch.Tensor, r0: int, c0: int, c1: int, base: int,
                  inv_t: float) -> torch.Tensor:
-    """Logits of a tile with the self-similarity entries (if in this column range) set to −inf."""
+    """Logits of a tile with the self-similarity entries (if in this column range) set to −inf: tile entry (i, j)
+    is row r0 + i against column c0 + j, a self pair when j − i = base + r0 − c0."""
     s = (rows @ cols[c0:c1].T).mul_(inv_t)
-    own = self_idx[r0:r0 + rows.shape[0]]
-    hit = (own >= c0) & (own < c1)
-    if hit.any():
-        r = hit.nonzero(as_tuple=True)[0]
-        s[r, own[r] - c0] = float("-inf")
+    offset = base + r0 - c0
+    if -s.shape[0] < offset < s.shape[1]:
+        s.diagonal(offset).fill_(float("-inf"))
     return s
 
 
 class _BlockwiseRankingNCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, cols, self_idx, pos_idx, temperature: float, block: int):  # type: ignore[override]
+    def forward(ctx, rows, cols, base: int, pos_idx, temperature: float, block: int):  # type: ignore[override]
         inv_t = 1.0 / temperature
         n_rows, n_cols = rows.shape[0], cols.shape[0]
         lse = torch.empty(n_rows, dtype=rows.dtype, device=rows.device)
         for r0, r1 in _tiles(n_rows, block):
             run = torch.full((r1 - r0,), float("-inf"), dtype=rows.dtype, device=rows.device)
             for c0, c1 in _tiles(n_cols, block):
-                run = torch.logaddexp(run, torch.logsumexp(_masked_tile(rows[r0:r1], cols, r0, c0, c1, self_idx, inv_t), 1))
+                run = torch.logaddexp(run, torch.logsumexp(_masked_tile(rows[r0:r1], cols, r0, c0, c1, base, inv_t), 1))
             lse[r0:r1] = run
         positive = (rows * cols[pos_idx]).sum(1) * inv_t
-        ctx.save_for_backward(rows, cols, self_idx, pos_idx, lse)
-        ctx.inv_t, ctx.block = inv_t, block
+        ctx.save_for_backward(rows, cols, pos_idx, lse)
+        ctx.inv_t, ctx.block, ctx.base = inv_t, block, base
         return (lse - positive).mean()
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        rows, cols, self_idx, pos_idx, lse = ctx.saved_tensors
-        inv_t, block = ctx.inv_t, ctx.block
+        rows, cols, pos_idx, lse = ctx.saved_tensors
+        inv_t, block, base = ctx.inv_t, ctx.block, ctx.base
         n_rows, n_cols = rows.shape[0], cols.shape[0]
         scale = grad_out * inv_t / n_rows
         g_rows = torch.zeros_like(rows)
@@ -55,7 +56,7 @@ class _BlockwiseRankingNCE(torch.autograd.Function):
         for r0, r1 in _tiles(n_rows, block):
             u = rows[r0:r1]
             for c0, c1 in _tiles(n_cols, block):
-                p = _masked_tile(u, cols, r0, c0, c1, self_idx, inv_t).sub_(lse[r0:r1, None]).exp_()  # exp(−inf) = 0
+                p = _masked_tile(u, cols, r0, c0, c1, base, inv_t).sub_(lse[r0:r1, None]).exp_()  # exp(−inf) = 0
                 g_rows[r0:r1].addmm_(p, cols[c0:c1])
                 g_cols[c0:c1].addmm_(p.T, u)
         g_rows -= cols[pos_idx]
@@ -63,7 +64,8 @@ class _BlockwiseRankingNCE(torch.autograd.Function):
         return g_rows * scale, g_cols * scale, None, None, None, None
 
 
-def blockwise_ranking_nce(rows: torch.Tensor, cols: torch.Tensor, self_idx: torch.Tensor, pos_idx: torch.Tensor,
+def blockwise_ranking_nce(rows: torch.Tensor, cols: torch.Tensor, base: int, pos_idx: torch.Tensor,
                           temperature: float, block: int) -> torch.Tensor:
-    """Mean over ``rows`` of ℓ_k against ``cols`` (fp32, unit-norm inputs), computed in ``block``-sized tiles."""
-    return _BlockwiseRankingNCE.apply(rows, cols, self_idx, pos_idx, temperature, block)
+    """Mean over ``rows`` of ℓ_k against ``cols`` (fp32, unit-norm inputs), computed in ``block``-sized tiles; row k's
+    self-similarity (excluded) is column ``base + k``, its positive column ``pos_idx[k]``."""
+    return _BlockwiseRankingNCE.apply(rows, cols, base, pos_idx, temperature, block)

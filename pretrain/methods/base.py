@@ -6,7 +6,8 @@ A method owns its networks, losses, optimisers and schedulers. The trainer (pret
      data parallelism (DDP, or identity in one process); the method keeps unwrapped references for
      ``state_dict`` so checkpoints never carry ``module.`` prefixes;
   3. calls ``train_step(batch, step)`` per batch; the method does zero_grad/forward/backward/optimiser and
-     scheduler steps itself (a GAN alternates several) and returns floats to log;
+     scheduler steps itself (a GAN alternates several) and returns what to log: detached 0-d tensors on the
+     device (or plain numbers), which the trainer reads only at log steps — no host-device sync per step;
   4. saves ``state()`` / restores ``load_state()`` in checkpoints;
   5. evaluates ``represent(images)`` — the frozen features the probe uses.
 
@@ -36,11 +37,16 @@ class PretrainMethod(nn.Module):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
 
+    @property
+    def device(self) -> torch.device:
+        """Where the method's parameters are: follows ``.to()``, so a loaded method samples on its own device."""
+        return next(self.parameters()).device
+
     # -- lifecycle ---------------------------------------------------------------------------
     def configure(self, total_steps: int, device: torch.device, wrap: Wrap) -> None:
         raise NotImplementedError
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         raise NotImplementedError
 
     @torch.no_grad()

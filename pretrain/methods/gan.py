@@ -80,8 +80,7 @@ class GAN(PretrainMethod):
         self.generator = Generator(g.latent_dim, cfg.data.image_size, g.gen_width, g.gen_norm)
         object.__setattr__(self, "_d_train", self.discriminator)  # the (DDP-)wrapped views, set in configure;
         object.__setattr__(self, "_g_train", self.generator)      # unregistered, so state_dict has each net once
-        self._device = torch.device("cpu")
-        self._scaler = LossScaler("fp32", self._device)
+        self._scaler = LossScaler("fp32", torch.device("cpu"))
         if self.kind == "wgan":
             clip_weights_(self.discriminator, g.clip)
 
@@ -94,7 +93,6 @@ class GAN(PretrainMethod):
         return self.cfg.gan.lr or (5e-5 if self.kind == "wgan" else 2e-4)
 
     def configure(self, total_steps: int, device: torch.device, wrap: Wrap) -> None:
-        self._device = device
         if self.kind == "wgan":
             make = lambda params: torch.optim.RMSprop(params, lr=self.lr)  # noqa: E731
         else:
@@ -107,15 +105,15 @@ class GAN(PretrainMethod):
 
     def sample_noise(self, n: int) -> torch.Tensor:
         """z ~ N(0, I) ``[n, latent_dim]`` on the device (tests override this to feed fixed noise)."""
-        return torch.randn(n, self.cfg.gan.latent_dim, device=self._device)
+        return torch.randn(n, self.cfg.gan.latent_dim, device=self.device)
 
     def is_generator_step(self, step: int) -> bool:
         return step % self.n_critic == self.n_critic - 1
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         real = to_unit_range(batch["views"][0])
         n = real.shape[0]
-        amp = lambda: autocast_context(self.cfg.precision, self._device)  # noqa: E731
+        amp = lambda: autocast_context(self.cfg.precision, self.device)  # noqa: E731
         # Discriminator / critic step: G's samples are constants here.
         opt_d = self.optimizers["d"]
         opt_d.zero_grad(set_to_none=True)
@@ -134,7 +132,7 @@ class GAN(PretrainMethod):
         self._scaler.update()
         return metrics
 
-    def _generator_step(self, n: int, amp) -> float:
+    def _generator_step(self, n: int, amp) -> torch.Tensor:
         opt_g = self.optimizers["g"]
         opt_g.zero_grad(set_to_none=True)
         self.discriminator.requires_grad_(False)
@@ -145,16 +143,17 @@ class GAN(PretrainMethod):
             self._scaler.step(opt_g)
         finally:
             self.discriminator.requires_grad_(True)
-        return float(loss_g.detach())
+        return loss_g.detach()
 
-    def _d_metrics(self, real_out: torch.Tensor, fake_out: torch.Tensor, loss_d: torch.Tensor) -> dict[str, float]:
-        """Logged every step; ``loss_g`` is the generator's loss on this D step's samples unless G stepped."""
-        m = {"loss": float(loss_d), "loss_d": float(loss_d), "loss_g": float(generator_loss(fake_out, self.kind))}
+    def _d_metrics(self, real_out: torch.Tensor, fake_out: torch.Tensor, loss_d: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Device tensors, read at log steps; ``loss_g`` is the generator's loss on this D step's samples unless G
+        stepped."""
+        m = {"loss": loss_d, "loss_d": loss_d, "loss_g": generator_loss(fake_out, self.kind)}
         if self.kind == "wgan":
-            m["wasserstein"] = float(real_out.mean() - fake_out.mean())
+            m["wasserstein"] = real_out.mean() - fake_out.mean()
         else:
-            m["d_real"] = float(torch.sigmoid(real_out).mean())
-            m["d_fake"] = float(torch.sigmoid(fake_out).mean())
+            m["d_real"] = torch.sigmoid(real_out).mean()
+            m["d_fake"] = torch.sigmoid(fake_out).mean()
         return m
 
     @torch.no_grad()
@@ -165,7 +164,7 @@ class GAN(PretrainMethod):
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """G(z) for z ~ N(0, I) from a generator seeded by ``seed`` → ``[n, 3, H, W]`` in [0, 1]."""
         gen = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.cfg.gan.latent_dim, generator=gen).to(self._device)
+        z = torch.randn(n, self.cfg.gan.latent_dim, generator=gen).to(self.device)
         return self.generator(z).float()
 
     def save_artifacts(self, out_dir: Path, step: int) -> list[Path]:

@@ -51,15 +51,13 @@ class SimCLR(PretrainMethod):
                                    norm="batch" if m.norm == "batch" else "group")
         self.net = SimCLRNet(encoder, projector, build_loss(cfg.loss))
         object.__setattr__(self, "_train_net", self.net)  # not a submodule: state_dict holds `net.*` only
-        self._device = torch.device("cpu")
-        self._scaler = LossScaler("fp32", self._device)
+        self._scaler = LossScaler("fp32", torch.device("cpu"))
 
     @property
     def encoder(self) -> nn.Module:
         return self.net.encoder
 
     def configure(self, total_steps: int, device: torch.device, wrap: Wrap) -> None:
-        self._device = device
         opt = build_optimizer(self.net, self.cfg.optim, self.cfg.batch_size)
         self.optimizers = {"main": opt}
         self.schedulers = {"main": WarmupCosine(opt, total_steps, self.cfg.optim.warmup_fraction,
@@ -67,17 +65,17 @@ class SimCLR(PretrainMethod):
         self._scaler = LossScaler(self.cfg.precision, device)
         object.__setattr__(self, "_train_net", wrap(self.net))  # not registered: state_dict stays unprefixed
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         x1, x2 = batch["views"]
         opt = self.optimizers["main"]
         opt.zero_grad(set_to_none=True)
-        with autocast_context(self.cfg.precision, self._device):
+        with autocast_context(self.cfg.precision, self.device):
             loss = self._train_net(x1, x2)
         self._scaler.backward(loss)
         self._scaler.step(opt)
         self._scaler.update()
         self.schedulers["main"].step()
-        return {"loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]}
+        return {"loss": loss.detach(), "lr": opt.param_groups[0]["lr"]}
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "scaler": self._scaler.state_dict()}

@@ -79,8 +79,7 @@ class VAE(PretrainMethod):
         self.cfg = cfg
         self.net = VAENet(cfg)
         object.__setattr__(self, "_train_net", self.net)  # the (DDP-)wrapped view, set in configure; unregistered
-        self._device = torch.device("cpu")
-        self._scaler = LossScaler("fp32", self._device)
+        self._scaler = LossScaler("fp32", torch.device("cpu"))
         self._last_images: torch.Tensor | None = None
 
     @property
@@ -88,7 +87,6 @@ class VAE(PretrainMethod):
         return self.net.encoder
 
     def configure(self, total_steps: int, device: torch.device, wrap: Wrap) -> None:
-        self._device = device
         optim_cfg = self.cfg.optim.model_copy(update={"name": self.cfg.vae.optimizer})
         opt = build_optimizer(self.net, optim_cfg, self.cfg.batch_size)
         self.optimizers = {"vae": opt}
@@ -98,15 +96,15 @@ class VAE(PretrainMethod):
 
     def sample_noise(self, n: int, dim: int) -> torch.Tensor:
         """ε ~ N(0, I) ``[n, dim]`` on the device (tests override this to feed fixed noise)."""
-        return torch.randn(n, dim, device=self._device)
+        return torch.randn(n, dim, device=self.device)
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         x01 = to_unit_range(batch["views"][0])
         self._last_images = x01[:32].detach()
         opt = self.optimizers["vae"]
         opt.zero_grad(set_to_none=True)
         eps = self.sample_noise(x01.shape[0], self.cfg.vae.latent_dim)
-        with autocast_context(self.cfg.precision, self._device):
+        with autocast_context(self.cfg.precision, self.device):
             recon, kl = self._train_net(x01, eps)
         recon, kl = recon.mean(), kl.mean()
         loss = recon + self.cfg.vae.beta * kl
@@ -114,10 +112,10 @@ class VAE(PretrainMethod):
         self._scaler.step(opt)
         self._scaler.update()
         self.schedulers["vae"].step()
-        out = {"loss": float(loss.detach()), "recon": float(recon.detach()), "kl": float(kl.detach()),
-               "elbo": float(-(recon + kl).detach()), "lr": opt.param_groups[0]["lr"]}
+        out = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(),
+               "lr": opt.param_groups[0]["lr"]}
         if self.net.learn_sigma:
-            out["sigma"] = float(self.net.log_sigma.detach().exp())
+            out["sigma"] = self.net.log_sigma.detach().exp()
         return out
 
     @torch.no_grad()
@@ -136,7 +134,7 @@ class VAE(PretrainMethod):
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """E[x|z] for z ~ N(0, I) drawn from a generator seeded by ``seed`` → ``[n, C, H, W]`` in [0, 1]."""
         gen = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.cfg.vae.latent_dim, generator=gen).to(self._device)
+        z = torch.randn(n, self.cfg.vae.latent_dim, generator=gen).to(self.device)
         return self.net.decode_mean(z)
 
     def save_artifacts(self, out_dir: Path, step: int) -> list[Path]:
