@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "cluster.commands.probe",
     "cluster.commands.compare",
     "cluster.commands.bench",
+    "cluster.commands.sweep",
 )
 
 
