@@ -175,16 +175,21 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_failed_trial_ctrl_c_and_resume(ray_local, digits_shards, tmp_path):
-    """batch_size=2048 > the 1150 training digits fails in the worker; the sweep goes on. Ctrl-C (SIGINT to the
-    process group, as a terminal sends it) during the second trial stops the sweep with exit code 130; rerunning
-    it retries the failed trial and finishes the interrupted one."""
+    """A trial whose shards are garbage fails in its workers and the sweep goes on. Ctrl-C (SIGINT to the process
+    group, as a terminal sends it) during the second trial stops the sweep with exit code 130; rerunning it retries
+    the failed trial and finishes the interrupted one."""
     import psutil
 
-    args = ["sweep", *TINY, *_data(digits_shards), "steps=3", f"cluster.storage_path={tmp_path}",
-            "batch_size=2048,64", "--name", "ctrlc"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bad-000000.tar").write_bytes(os.urandom(5000))
+    good = digits_shards["train"]
+    args = ["sweep", *TINY, f"data.probe_test={digits_shards['holdout']}", "batch_size=64", "steps=3",
+            f"cluster.storage_path={tmp_path}", f"data.train={bad},{good}", "--name", "ctrlc"]
+    first_name = trial_name(0, 2, {"data.train": str(bad)})
+    second = tmp_path / "ctrlc" / trial_name(1, 2, {"data.train": str(good)})
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    second = tmp_path / "ctrlc" / "trial01-batch_size_64"
     try:
         _wait_for(lambda: (second / "metrics.jsonl").is_file() and _starts(second) == 1, 600, "second trial start")
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -198,12 +203,12 @@ def test_failed_trial_ctrl_c_and_resume(ray_local, digits_shards, tmp_path):
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, alive  # Ray's processes ended with the sweep
     table = _table(tmp_path / "ctrlc")
-    first = table["trial00-batch_size_2048"]
-    assert first["status"] == "failed" and "0 steps per epoch at batch 2048" in first["error"]
-    assert table["trial01-batch_size_64"]["status"] in ("interrupted", "pending")
-    assert "FAILED: ValueError" in out
+    assert table[first_name]["status"] == "failed" and table[first_name]["error"] == \
+        "ValueError: the shards hold no samples"
+    assert table[second.name]["status"] in ("interrupted", "pending")
+    assert f"{first_name} FAILED: ValueError: the shards hold no samples" in out
 
     assert main(args) == 1  # resumed: the failed trial fails again, the interrupted one finishes
     table = _table(tmp_path / "ctrlc")
-    assert table["trial00-batch_size_2048"]["status"] == "failed"
-    assert table["trial01-batch_size_64"]["status"] == "done" and (second / "probe.json").is_file()
+    assert table[first_name]["status"] == "failed"
+    assert table[second.name]["status"] == "done" and (second / "probe.json").is_file()
