@@ -95,8 +95,11 @@ class TrialNames:
 class Announce(Callback):
     """One console line per trial start, finish and failure."""
 
+    def __init__(self, sweep_dir: str) -> None:
+        self.sweep_dir = sweep_dir
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"sweep: {trial} started", flush=True)
+        print(f"sweep: {trial} started (progress: {self.sweep_dir}/{trial}/metrics.jsonl)", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         m = trial.last_result or {}
@@ -196,7 +199,7 @@ def _tuner(trials: list[Trial], storage: str):
         param_space={"trial": tune.grid_search(list(range(len(trials))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(trials), trial_name_creator=names,
                                     trial_dirname_creator=names),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage, verbose=0, callbacks=[Announce()],
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=storage, verbose=0, callbacks=[Announce(storage)],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 

@@ -114,6 +114,8 @@ def parse_items(items: list[str]) -> SweepSpec:
                 continue
             raise ConfigError(f"{item!r}: expected KEY=VALUE[,VALUE…] (only the first argument may be a CONFIG)")
         key, raw = item.split("=", 1)
+        if key == "name":
+            raise ConfigError(f"{item!r}: trials are named by the sweep (its own name: --name)")
         if key in spec.axes or any(f.split("=", 1)[0] == key for f in spec.fixed):
             raise ConfigError(f"{item!r}: {key} is given twice")
         values = split_values(raw)
@@ -126,6 +128,8 @@ def parse_items(items: list[str]) -> SweepSpec:
                 raise ConfigError(f"{item!r}: a range must be the key's only value")
             spec.axes[key] = ranges[0]
         elif len(values) > 1:
+            if key == "cluster.storage_path":
+                raise ConfigError(f"{item!r}: the storage path cannot be swept (a sweep's runs share one directory)")
             if "" in values:
                 raise ConfigError(f"{item!r}: empty value in the list")
             spec.axes[key] = values

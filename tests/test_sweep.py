@@ -66,6 +66,7 @@ def test_random_trials_are_seeded_draws_within_the_range():
     (["optim.lr=0.1,0.2", "--name", "a/b"], "sweep name 'a/b': use letters"),
     (["optim.lr=0.1,0.2", "eval.knn=false", "--metric", "knn_top1"], "does not measure it"),
     (["optim.lr=0.1,0.2", "--samples", "0"], "--samples 0: must be at least 1"),
+    (["optim.lr=0.1,0.2", "name=x"], "trials are named by the sweep"),
     (["optim.lr=0.1,0.2", "data.train=/nonexistent/shards"], "no held-out data to probe on"),
 ])
 def test_user_mistakes_exit_2_before_ray(items, message, capsys, tmp_path):
