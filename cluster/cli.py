@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cluster.commands.export",
     "cluster.commands.compare",
     "cluster.commands.bench",
+    "cluster.commands.sweep",
     "cluster.commands.doctor",
 )
 

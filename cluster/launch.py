@@ -148,7 +148,8 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
     wall = time.time() - t0
     restarts = max(0, sink.starts - 1)
     summary = {"name": cfg.name, "run_dir": str(run_dir), "storage": storage, "wall_time_s": wall,
-               "restarts": restarts, "resumed_at_steps": sink.resumed_at, "workers": workers, "final": sink.last}
+               "restarts": restarts, "resumed_at_steps": sink.resumed_at, "workers": workers,
+               "stop_reason": sink.last.get("stop_reason"), "final": sink.last}
     sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
     sink.close()
     ray.kill(progress)

@@ -250,8 +250,10 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> tuple[int | None
     return failed
 
 
-def loglog_slope(points: list[tuple[int, float]], lo: int | None = None, hi: int | None = None) -> float | None:
-    """Least-squares slope of log y against log B over lo ≤ B ≤ hi (None with fewer than two points)."""
+def loglog_fit(points: list[tuple[int, float]], lo: int | None = None,
+               hi: int | None = None) -> tuple[float, float] | None:
+    """Least-squares (s, c) of log y = c + s·log B over lo ≤ B ≤ hi, i.e. y ≈ e^c·B^s (None with fewer than two
+    distinct B)."""
     pts = [(b, y) for b, y in points if y and y > 0 and (lo is None or b >= lo) and (hi is None or b <= hi)]
     if len(pts) < 2:
         return None
@@ -259,7 +261,16 @@ def loglog_slope(points: list[tuple[int, float]], lo: int | None = None, hi: int
     ys = [math.log(y) for _, y in pts]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else None
+    if not sxx:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return slope, my - slope * mx
+
+
+def loglog_slope(points: list[tuple[int, float]], lo: int | None = None, hi: int | None = None) -> float | None:
+    """Least-squares slope of log y against log B over lo ≤ B ≤ hi (None with fewer than two points)."""
+    fit = loglog_fit(points, lo, hi)
+    return None if fit is None else fit[0]
 
 
 if __name__ == "__main__":  # one rank of one configuration; prints a JSON line

@@ -12,12 +12,14 @@ QUADRATIC_MAX = {"ranking": 8192, "binary-all-pairs": 8192, "ranking-blockwise":
 
 def sweep(batches: Sequence[int], dim: int, world_size: int, losses: Sequence[str] = LOSSES, block_size: int = 512,
           repeats: int = 3, max_quadratic: dict[str, int] | None = None,
-          on_result: Callable[[Result], None] | None = None, device: str = "cpu") -> list[Result]:
+          on_result: Callable[[Result], None] | None = None, device: str = "cpu",
+          threads: int | None = None) -> list[Result]:
     caps = {**QUADRATIC_MAX, **(max_quadratic or {})}
     results = []
     for loss in losses:
         for b in sorted(batches):
             cfg = Config(loss, b, dim=dim, world_size=world_size, block_size=block_size, device=device,
+                         threads=threads,
                          repeats=repeats if (b < 65536 or loss not in QUADRATIC) and b <= 262144 else 1)
             if loss in QUADRATIC and b > caps.get(loss, b):
                 r = Result(cfg, skipped=f"O(B²) beyond B={caps[loss]} (--max-quadratic)")

@@ -114,6 +114,10 @@ class RunConfig(Strict):
     batch_size: int = Field(256, ge=2, description="global batch (images) across all workers")
     steps: int | None = Field(None, ge=1, description="optimiser steps; None: from epochs")
     epochs: float | None = Field(None, gt=0)
+    budget_minutes: float | None = Field(None, gt=0, description="wall-clock budget of training: stop at the first "
+                                         "log step after it (final checkpoint, then the probe). Counts training "
+                                         "time after start-up, summed over resumed attempts. The lr schedule keeps "
+                                         "the steps/epochs length: a budget that ends first truncates it")
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = Field(True, description="NHWC weights and images for conv nets: oneDNN (CPU) and tensor "

@@ -121,6 +121,8 @@ class Trainer:
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.steps_per_epoch)
         self.method.configure(self.total_steps, device, ddp_wrapper(device))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.train_seconds = 0.0  # training time of earlier attempts, up to the checkpoint resumed from
+        self._fit_t0 = time.perf_counter()
 
     def _loader(self, epoch: int, start_batch: int):
         from data_pipeline.stream import make_loader
@@ -131,6 +133,7 @@ class Trainer:
         self.method.load_state(state["method"])
         self.step = state["step"]
         self.epoch, self.batch_in_epoch = state["stream"]["epoch"], state["stream"]["batch"]
+        self.train_seconds = float(state.get("extra", {}).get("train_seconds", 0.0))
         if rng is not None:
             set_rng_state(rng, self.device)
 
@@ -139,14 +142,36 @@ class Trainer:
             self.method.save_artifacts(Path(directory) / "artifacts", self.step)
         save_checkpoint(directory, rank=self.rank, method_state=self.method.state() if self.rank == 0 else None,
                         step=self.step, stream={"epoch": self.epoch, "batch": self.batch_in_epoch},
-                        config=self.cfg.model_dump(mode="json"), device=self.device)
+                        config=self.cfg.model_dump(mode="json"), device=self.device,
+                        extra={"train_seconds": self._elapsed()})
+
+    def _elapsed(self) -> float:
+        return self.train_seconds + time.perf_counter() - self._fit_t0
+
+    def _budget_spent(self) -> bool:
+        """True once ``budget_minutes`` of training time passed. Rank 0's clock decides and broadcasts the decision,
+        so every rank leaves the loop after the same step (a rank waiting in a collective alone would hang DDP)."""
+        if self.cfg.budget_minutes is None:
+            return False
+        spent = self._elapsed() >= 60.0 * self.cfg.budget_minutes
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flag = torch.tensor([float(spent)], device=self.device)
+            dist.broadcast(flag, src=0)
+            spent = bool(flag.item())
+        return spent
 
     def fit(self, resume_from: Path | None = None) -> dict[str, Any]:
-        """Train from the current position (0, or what ``restore``/``resume_from`` set) to ``total_steps``."""
+        """Train from the current position (0, or what ``restore``/``resume_from`` set) to ``total_steps``, or until
+        the time budget is spent. The last log carries ``stop_reason``: "steps" or "budget"."""
         if resume_from is not None:
             self.restore(resume_from)
         self.method.train()
         cfg, last = self.cfg, {}
+        self._fit_t0 = time.perf_counter()
+        if self._budget_spent():  # resumed after the budget ran out: the checkpoint resumed from is the final one
+            last = {"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps, "stop_reason": "budget"}
+            self.hooks.log(dict(last))
+            return last
         window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
         while self.step < self.total_steps:
             loader = self._loader(self.epoch, self.batch_in_epoch)
@@ -163,7 +188,10 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 window_steps += 1
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                # the budget is checked at log steps only: its broadcast is a host-device sync
+                stop = self.step < self.total_steps and self.step % cfg.log_every == 0 and self._budget_spent()
+                final = stop or self.step == self.total_steps
+                if self.step % cfg.log_every == 0 or final:
                     if self.device.type == "cuda":  # the window's kernels finish inside the window (log steps only)
                         torch.cuda.synchronize(self.device)
                     elapsed = time.perf_counter() - window_t0
@@ -173,11 +201,14 @@ class Trainer:
                         {"epoch_bad_samples": _bad_total(stats), "epoch_repeated_samples": stats.get("repeated", 0),
                          "epoch_dropped_samples": stats.get("dropped", 0)}, self.device)
                     last.update(step=self.step, epoch=self.epoch, total_steps=self.total_steps,
-                                images_per_s=cfg.batch_size * window_steps / elapsed)
+                                images_per_s=cfg.batch_size * window_steps / elapsed,
+                                **({"stop_reason": "budget" if stop else "steps"} if final else {}))
                     self.hooks.log(dict(last))
                     window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
-                if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                if self.step % cfg.checkpoint_every == 0 or final:
                     self.hooks.checkpoint(self._write, dict(last, step=self.step))
+                if stop:
+                    return last
         return last
 
 

@@ -1,4 +1,4 @@
-"""`bigbatch bench data|losses|train|layout`: benchmarks that print a table and one JSON line of ratios."""
+"""`bigbatch bench data|losses|train|layout|step`: benchmarks that print a table and one JSON line of ratios."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ BENCH_MODULES = (
     "cluster.commands.bench_losses",
     "cluster.commands.bench_train",
     "cluster.commands.bench_layout",
+    "cluster.commands.bench_step",
 )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: data, losses, train, layout")
+    parser = subparsers.add_parser("bench", help="benchmarks: data, losses, train, layout, step")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     for name in BENCH_MODULES:
         try:

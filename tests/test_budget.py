@@ -1,0 +1,100 @@
+"""The wall-clock budget (``budget_minutes``): the trainer stops at the first step boundary after it, writes a final
+checkpoint, says why, and every DDP rank stops after the same step because rank 0's clock decides for all."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from cluster.run_config import load_run_config
+from pretrain.checkpoint import load_checkpoint
+from pretrain.trainer import LocalHooks, Trainer, run_single_process
+
+TINY = ["model.encoder=bb_convnet_tiny", "model.proj_hidden=64", "model.proj_dim=32", "data.image_size=16"]
+
+
+def test_budget_stops_before_the_steps_with_a_final_checkpoint(tmp_path, digits_shards):
+    cfg = load_run_config(None, [*TINY, f"data.train={digits_shards['train']}", "batch_size=32", "steps=100000",
+                                 "log_every=1000", "checkpoint_every=1000", "cluster.workers=1",
+                                 "budget_minutes=0.01"])
+    trainer, hooks = run_single_process(cfg, tmp_path)
+    last = hooks.logs[-1]
+    assert last["stop_reason"] == "budget" and 1 <= last["step"] == trainer.step < 100000
+    assert last["total_steps"] == 100000  # the schedule keeps its length: the budget truncated it
+    ckpts = sorted((tmp_path / "checkpoints").glob("checkpoint_*"))
+    assert ckpts[-1].name == f"checkpoint_{trainer.step:08d}"
+    state, _ = load_checkpoint(ckpts[-1])
+    assert state["step"] == trainer.step and state["extra"]["train_seconds"] >= 0.6
+
+    # Rerunning the spent run resumes from its final checkpoint and trains no further.
+    again, hooks2 = run_single_process(cfg, tmp_path)
+    assert again.step == trainer.step and hooks2.logs == [
+        {"step": trainer.step, "epoch": trainer.epoch, "total_steps": 100000, "stop_reason": "budget"}]
+
+
+def test_no_budget_runs_all_steps(tmp_path, digits_shards):
+    cfg = load_run_config(None, [*TINY, f"data.train={digits_shards['train']}", "batch_size=32", "steps=3",
+                                 "log_every=2", "checkpoint_every=1000", "cluster.workers=1"])
+    _, hooks = run_single_process(cfg, tmp_path)
+    assert [m["step"] for m in hooks.logs] == [2, 3] and hooks.logs[-1]["stop_reason"] == "steps"
+
+
+STEPS = 4
+
+
+class FixedLoader:
+    def __init__(self, rank, world):
+        self.rank, self.world = rank, world
+
+    def __len__(self):
+        return STEPS
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(0)
+        for _ in range(STEPS):
+            x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g)
+            yield {"views": [x, x.flip(-1)], "label": torch.zeros(8, dtype=torch.long), "key": [""] * 8}
+
+
+def _rank(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=20))
+    Trainer._loader = lambda self, epoch, start_batch: FixedLoader(self.rank, self.world_size)
+    cfg = load_run_config(None, [*TINY, "model.norm=group", "data.train=fixed", "batch_size=16", f"steps={STEPS}",
+                                 "log_every=1", "checkpoint_every=1000", "cluster.workers=2", "budget_minutes=1"])
+    hooks = LocalHooks(os.devnull)
+    hooks.checkpoint = lambda write, metrics: out.put(("checkpoint", rank, metrics["step"]))
+    trainer = Trainer(cfg, rank=rank, world_size=2, device=torch.device("cpu"), hooks=hooks)
+    # Rank 0's clock runs out after the first step; rank 1's never does. Alone, rank 1 would enter step 2's
+    # all-reduce and wait there for ever (here: the 20 s gloo timeout).
+    trainer._elapsed = (lambda: 0.0 if trainer.step == 0 else 1e9) if rank == 0 else (lambda: 0.0)
+    last = trainer.fit()
+    out.put(("done", rank, last["step"], last["stop_reason"]))
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_rank0_decides_for_every_rank():
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    events = sorted(out.get(timeout=5) for _ in range(4))
+    assert events == [("checkpoint", 0, 1), ("checkpoint", 1, 1), ("done", 0, 1, "budget"), ("done", 1, 1, "budget")]
