@@ -8,95 +8,16 @@ Rerunning with the same ``name`` (and storage path) resumes from the latest chec
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from cluster.run_config import ConfigError, dump_yaml
+from cluster.artifacts import collect_artifacts, local_checkpoint, write_report
+from cluster.monitor import ProgressMonitor, fit_while_polling
+from cluster.probing import PeriodicProbe, final_probe
+from cluster.ray_connect import connect_ray
+from cluster.run_dir import default_name, prepare_run_dir
+from cluster.trainer_config import build_trainer
 from pretrain.config import RunConfig
-
-DEFAULT_STORAGE = Path(os.environ.get("BIGBATCH_RUNS", "~/bigbatch_runs")).expanduser()
-_COMPAT_SECTIONS = ("method", "batch_size", "seed", "model", "loss", "vae", "gan")
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def default_name(cfg: RunConfig) -> str:
-    what = cfg.loss.name if cfg.method == "simclr" else (cfg.gan.loss if cfg.method == "gan" else cfg.method)
-    return f"{cfg.method}-{what}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_run_dir(cfg: RunConfig) -> tuple[str, Path]:
-    """(storage path for Ray, local run dir). Writes config.yaml; on a rerun checks the config still fits."""
-    storage = cfg.cluster.storage_path or str(DEFAULT_STORAGE)
-    if is_remote(storage):
-        local = DEFAULT_STORAGE / cfg.name
-    else:
-        storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
-        local = Path(storage) / cfg.name
-    local.mkdir(parents=True, exist_ok=True)
-    cfg_path = local / "config.yaml"
-    if cfg_path.exists():
-        old = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-        diffs = [k for k in _COMPAT_SECTIONS if getattr(old, k) != getattr(cfg, k)]
-        if diffs:
-            raise ConfigError(f"run {cfg.name!r} exists in {local} with a different {', '.join(diffs)}: "
-                              "resume it with its own config, or pick another name")
-    cfg_path.write_text(dump_yaml(cfg))
-    return storage, local
-
-
-def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address == "auto":
-        # The cluster this process already belongs to: RAY_ADDRESS (set for a Ray Jobs API / KubeRay job, whose
-        # working_dir or image carries the code) or the cluster `ray start` made on this node.
-        ray.init(address="auto")
-    elif address:
-        import cluster
-        import data_pipeline
-        import eval as eval_pkg
-        import pretrain
-        ray.init(address=address, runtime_env={"py_modules": [data_pipeline, pretrain, eval_pkg, cluster]})
-    else:
-        # An embedded instance serves this machine only: bind it to the loopback interface. address="local"
-        # always starts a new instance: without it ray.init() attaches to whatever Ray was started last on
-        # this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
-
-
-def build_trainer(cfg: RunConfig, storage: str, progress: Any):
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pretrain.train_loop import train_func
-
-    c = cfg.cluster
-    use_gpu = c.gpus_per_worker > 0
-    resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if use_gpu else {})}
-    return TorchTrainer(
-        train_func,
-        train_loop_config={"run": cfg.model_dump(mode="json"), "progress": progress},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=c.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RayRunConfig(
-            name=cfg.name, storage_path=storage,
-            failure_config=FailureConfig(max_failures=c.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=c.num_to_keep),
-        ),
-    )
 
 
 def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | None = None) -> Path:
@@ -116,139 +37,33 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
     trainer = build_trainer(cfg, storage, progress)
     sink = MetricsSink(run_dir, cfg.steps, show=show_progress)
     sink.event("start", name=cfg.name, workers=cfg.cluster.workers, storage=storage)
-    outcome: dict[str, Any] = {}
-    t0 = time.time()
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # re-raised on the driver thread below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    workers: dict[int, dict[str, Any]] = {}
+    monitor = ProgressMonitor(progress, sink, run_dir)
     periodic = PeriodicProbe(cfg, run_dir) if cfg.eval.probe and cfg.eval.every_k_checkpoints else None
-    while thread.is_alive():
-        thread.join(timeout=0.5)
-        sink.consume(*ray.get(progress.drain.remote()))
-        workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
-        _collect_artifacts(run_dir, run_dir.glob("checkpoint_*/artifacts"))
+
+    def poll() -> None:
+        monitor.poll()
+        collect_artifacts(run_dir, run_dir.glob("checkpoint_*/artifacts"))
         if periodic:
             periodic.poll(sink)
-    sink.consume(*ray.get(progress.drain.remote()))
-    workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
-    wall = time.time() - t0
-    restarts = max(0, sink.starts - 1)
-    summary = {"name": cfg.name, "run_dir": str(run_dir), "storage": storage, "wall_time_s": wall,
-               "restarts": restarts, "resumed_at_steps": sink.resumed_at, "workers": workers, "final": sink.last}
+
+    t0 = time.time()
+    outcome = fit_while_polling(trainer, poll)
+    monitor.poll()
+    summary = {"name": cfg.name, "run_dir": str(run_dir), "storage": storage, "wall_time_s": time.time() - t0,
+               "restarts": max(0, sink.starts - 1), "resumed_at_steps": sink.resumed_at, "workers": monitor.workers,
+               "final": sink.last}
     sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
     sink.close()
     ray.kill(progress)
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
-    if getattr(result, "error", None):
-        raise result.error
-    ckpt_dir = _local_checkpoint(result, run_dir)
-    _collect_artifacts(run_dir, [ckpt_dir / "artifacts"])
+    if outcome.error is not None:
+        raise outcome.error
+    if getattr(outcome.result, "error", None):
+        raise outcome.result.error
+    ckpt_dir = local_checkpoint(outcome.result, run_dir)
+    collect_artifacts(run_dir, [ckpt_dir / "artifacts"])
     summary["checkpoint"] = str(ckpt_dir)
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     if probe if probe is not None else cfg.eval.probe:
-        _probe(cfg, run_dir, ckpt_dir)
-    _report(run_dir)
-    return run_dir
-
-
-def _record_workers(run_dir: Path, current: dict[int, dict[str, Any]], known: dict[int, dict[str, Any]]):
-    """Keep ``run_dir/workers.json`` (rank → node, host, PID) current; restarted workers replace their entry."""
-    if current != known:
-        tmp = run_dir / ".workers.json.tmp"
-        tmp.write_text(json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
-        os.replace(tmp, run_dir / "workers.json")
-    return current
-
-
-class PeriodicProbe:
-    """Probe every k-th checkpoint as it appears in a local run dir (``eval.every_k_checkpoints``); results go to
-    metrics.jsonl as ``{"event": "probe", "step": …}`` lines. Runs on the driver, between progress polls."""
-
-    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
-        self.cfg, self.run_dir, self.seen = cfg, run_dir, set()
-        self.sources = probe_sources(cfg)
-
-    def poll(self, sink: Any) -> None:
-        if self.sources is None:
-            return
-        for d in sorted(p for p in self.run_dir.glob("checkpoint_*") if (p / "state.pt").is_file()):
-            if d.name in self.seen:
-                continue
-            self.seen.add(d.name)
-            try:
-                step = _checkpoint_step(d)
-                if (step // self.cfg.checkpoint_every) % self.cfg.eval.every_k_checkpoints:
-                    continue
-                from eval.run_probe import probe_run
-                res = probe_run(d, *self.sources, knn=self.cfg.eval.knn, seed=self.cfg.seed)
-            except (OSError, ValueError, RuntimeError) as exc:  # pruned by Ray while being read: say so
-                sink.event("probe_skipped", checkpoint=d.name, reason=str(exc))
-                continue
-            sink.event("probe", step=step, probe_top1=res["method"]["top1"], probe_top5=res["method"]["top5"],
-                       knn_top1=res["method"].get("knn_top1"))
-
-
-def _checkpoint_step(directory: Path) -> int:
-    import torch
-    return int(torch.load(directory / "state.pt", map_location="cpu", weights_only=True)["step"])
-
-
-def _collect_artifacts(run_dir: Path, sources) -> None:
-    """Copy each checkpoint's PNGs (samples, reconstructions) into ``run_dir/artifacts`` before Ray prunes it."""
-    import shutil
-    for src in sources:
-        for png in Path(src).glob("*.png"):
-            dest = run_dir / "artifacts" / png.name
-            if not dest.exists():
-                dest.parent.mkdir(exist_ok=True)
-                shutil.copyfile(png, dest)
-
-
-def _local_checkpoint(result: Any, run_dir: Path) -> Path:
-    """The final checkpoint as a local directory (downloaded into the run dir when storage is remote)."""
-    ckpt = result.checkpoint
-    if ckpt is None:
-        raise RuntimeError(f"{run_dir}: training finished without a checkpoint")
-    if not is_remote(ckpt.path):
-        return Path(ckpt.path)
-    dest = run_dir / "final_checkpoint"
-    ckpt.to_directory(str(dest))
-    return dest
-
-
-def probe_sources(cfg: RunConfig) -> tuple[str, str] | None:
-    d = cfg.data
-    if d.train == "digits":
-        from data_pipeline.builtin import ensure_digits
-        train, holdout = ensure_digits()
-        return d.probe_train or str(train), d.probe_test or str(holdout)
-    if d.probe_test:
-        return d.probe_train or d.train, d.probe_test
-    return None
-
-
-def _probe(cfg: RunConfig, run_dir: Path, ckpt_dir: Path) -> None:
-    sources = probe_sources(cfg)
-    if sources is None:
-        print(f"probe skipped: no data.probe_test in the config of {cfg.name}")
-        return
-    from eval.run_probe import probe_run
-    probe_run(ckpt_dir, sources[0], sources[1], run_dir=run_dir, baselines=tuple(cfg.eval.baselines),
-              knn=cfg.eval.knn, seed=cfg.seed)
-
-
-def _report(run_dir: Path) -> None:
-    try:
-        from eval.report import write_report
-    except ModuleNotFoundError:
-        return
+        final_probe(cfg, run_dir, ckpt_dir)
     write_report(run_dir)
+    return run_dir

@@ -84,8 +84,8 @@ def test_pixel_probe_on_real_digits(digits_shards):
 
 def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards):
     """A few training steps in one process, then the same probe/report path the pretraining job takes."""
-    from cluster.launch import prepare_run_dir
     from cluster.run_config import load_run_config
+    from cluster.run_dir import prepare_run_dir
     from eval.compare import run_row, table
     from eval.report import write_report
     from eval.run_probe import probe_run

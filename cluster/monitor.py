@@ -1,0 +1,55 @@
+"""The driver while Ray Train runs: ``trainer.fit()`` in a thread, the progress actor drained into the metrics sink
+and ``workers.json`` kept current between polls."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class FitOutcome:
+    result: Any = None
+    error: BaseException | None = None
+
+
+def fit_while_polling(trainer: Any, poll: Callable[[], None], interval: float = 0.5) -> FitOutcome:
+    """Run ``trainer.fit()`` in a thread, calling ``poll()`` every ``interval`` seconds while it runs."""
+    outcome = FitOutcome()
+
+    def fit() -> None:
+        try:
+            outcome.result = trainer.fit()
+        except BaseException as exc:  # handed to the driver thread
+            outcome.error = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=interval)
+        poll()
+    return outcome
+
+
+class ProgressMonitor:
+    """Moves the progress actor's metrics into the sink and its worker table into ``run_dir/workers.json``."""
+
+    def __init__(self, progress: Any, sink: Any, run_dir: Path) -> None:
+        self.progress, self.sink, self.run_dir = progress, sink, Path(run_dir)
+        self.workers: dict[int, dict[str, Any]] = {}
+
+    def poll(self) -> None:
+        import ray
+
+        self.sink.consume(*ray.get(self.progress.drain.remote()))
+        current = ray.get(self.progress.worker_info.remote())
+        if current != self.workers:  # restarted workers replace their entry
+            tmp = self.run_dir / ".workers.json.tmp"
+            tmp.write_text(json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
+            os.replace(tmp, self.run_dir / "workers.json")
+            self.workers = current

@@ -1,0 +1,27 @@
+"""Joining Ray: an existing cluster (with the project's packages shipped as ``py_modules``), the one this process
+already runs in (``auto``), or a new embedded instance bound to loopback."""
+
+from __future__ import annotations
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address == "auto":
+        # The cluster this process already belongs to: RAY_ADDRESS (set for a Ray Jobs API / KubeRay job, whose
+        # working_dir or image carries the code) or the cluster `ray start` made on this node.
+        ray.init(address="auto")
+    elif address:
+        import cluster
+        import data_pipeline
+        import eval as eval_pkg
+        import pretrain
+        ray.init(address=address, runtime_env={"py_modules": [data_pipeline, pretrain, eval_pkg, cluster]})
+    else:
+        # An embedded instance serves this machine only: bind it to the loopback interface. address="local"
+        # always starts a new instance: without it ray.init() attaches to whatever Ray was started last on
+        # this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _node_ip_address="127.0.0.1")
