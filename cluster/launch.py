@@ -1,69 +1,138 @@
 """Launching a pretraining run with Ray Train: embedded local Ray by default, an existing cluster with an address.
 
-``run_pretrain(cfg)`` → the run directory, holding ``config.yaml``, ``metrics.jsonl``, ``tb/``, Ray Train's
-``checkpoint_*`` directories (in ``storage_path/name``), the probe's figures and ``report.md``.
-Rerunning with the same ``name`` (and storage path) resumes from the latest checkpoint.
+``run_pretrain(cfg)`` → the run directory, holding ``config.yaml``, ``metrics.jsonl``, ``tb/``, ``workers.json``,
+Ray Train's ``checkpoint_*`` directories, ``artifacts/``, the probe's figures, ``report.md`` and, written last,
+``train_summary.json`` — all in ``storage_path/name`` (with a URL storage path: mirrored there from the driver's
+working copy at every checkpoint and at the end). Rerunning with the same ``name`` resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
-from cluster.artifacts import collect_artifacts, local_checkpoint, write_report
-from cluster.monitor import ProgressMonitor, fit_while_polling
-from cluster.probing import PeriodicProbe, final_probe
+from cluster.artifacts import collect_artifacts, write_report
+from cluster.monitor import CheckpointWatcher, ProgressMonitor, fit_while_polling
+from cluster.probing import ProbeTasks, probe_sources
 from cluster.ray_connect import connect_ray
-from cluster.run_dir import default_name, prepare_run_dir
+from cluster.run_dir import RunDir, default_name, prepare_run_dir
+from cluster.trackers import Trackers
 from cluster.trainer_config import build_trainer
+from eval.run_probe import flat_results, write_probe
 from pretrain.config import RunConfig
+from pretrain.run_store import RunStore, is_url
+
+LISTING_INTERVAL_S = 5.0  # how often the driver lists a URL storage path for new checkpoints
 
 
 def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | None = None) -> Path:
-    """Train with Ray Train, then probe and report. Returns the local run directory."""
+    """Train with Ray Train, then probe (as a Ray task) and report. Returns the local run directory."""
+    if cfg.name is None:
+        cfg = cfg.model_copy(update={"name": default_name(cfg)})
+    run_dir = prepare_run_dir(cfg)
+    if cfg.data.train == "digits":  # write the built-in shards once, before workers race for them
+        from data_pipeline.builtin import ensure_digits
+        ensure_digits()
+    connect_ray(cfg.cluster.address, num_cpus=embedded_cpus(cfg))
+    periodic, final = _probe_plan(cfg, probe)
+    trackers = Trackers(cfg, run_dir.local)
+    try:
+        summary, probes = _train(cfg, run_dir, trackers, show_progress, periodic)
+        (run_dir.local / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        if final:
+            res = probes.final(summary["checkpoint"])
+            write_probe(run_dir.local, res)
+            trackers.log_metrics(flat_results(res), res["step"])
+        report = write_report(run_dir.local)
+        for path in (report, run_dir.local / "loss_curve.png"):
+            trackers.log_artifact(path)
+    except BaseException:
+        trackers.close(failed=True)
+        raise
+    finally:
+        trackers.close()
+        run_dir.sync()
+    return run_dir.local
+
+
+def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: bool,
+           periodic: bool) -> tuple[dict, ProbeTasks]:
+    """Ray Train's fit with the driver polling progress, checkpoints, periodic probes; the run's summary."""
     import ray
 
     from cluster.progress import MetricsSink, ProgressActor
 
-    if cfg.name is None:
-        cfg = cfg.model_copy(update={"name": default_name(cfg)})
-    storage, run_dir = prepare_run_dir(cfg)
-    if cfg.data.train == "digits":  # write the built-in shards once, before workers race for them
-        from data_pipeline.builtin import ensure_digits
-        ensure_digits()
-    connect_ray(cfg.cluster.address)
     progress = ProgressActor.remote()
-    trainer = build_trainer(cfg, storage, progress)
-    sink = MetricsSink(run_dir, cfg.steps, show=show_progress)
-    sink.event("start", name=cfg.name, workers=cfg.cluster.workers, storage=storage)
-    monitor = ProgressMonitor(progress, sink, run_dir)
-    periodic = PeriodicProbe(cfg, run_dir) if cfg.eval.probe and cfg.eval.every_k_checkpoints else None
+    trainer = build_trainer(cfg, run_dir.storage, progress)
+    sink = MetricsSink(run_dir.local, cfg.steps, show=show_progress, trackers=trackers)
+    sink.event("start", name=cfg.name, workers=cfg.cluster.workers, storage=run_dir.storage)
+    monitor = ProgressMonitor(progress, sink, run_dir.local)
+    store = RunStore(run_dir.url)
+    watcher = CheckpointWatcher(store, interval=LISTING_INTERVAL_S if is_url(run_dir.url) else 0.0)
 
-    def poll() -> None:
+    def on_probe(res: dict) -> None:
+        sink.event("probe", step=res["step"], **flat_results(res), where=res["where"])
+        trackers.log_metrics(flat_results(res), res["step"])
+
+    probes = ProbeTasks(cfg, on_probe, lambda ckpt, why: sink.event("probe_skipped", checkpoint=ckpt, reason=why))
+
+    def poll(final: bool = False) -> None:
         monitor.poll()
-        collect_artifacts(run_dir, run_dir.glob("checkpoint_*/artifacts"))
-        if periodic:
-            periodic.poll(sink)
+        new = watcher.new(force=final)
+        for ckpt in new:
+            collect_artifacts(store, ckpt, run_dir.local)
+            if periodic:
+                probes.submit(f"{run_dir.url}/{ckpt}")
+        probes.collect(wait=final)
+        if new:
+            run_dir.sync()
 
     t0 = time.time()
-    outcome = fit_while_polling(trainer, poll)
-    monitor.poll()
-    summary = {"name": cfg.name, "run_dir": str(run_dir), "storage": storage, "wall_time_s": time.time() - t0,
-               "restarts": max(0, sink.starts - 1), "resumed_at_steps": sink.resumed_at, "workers": monitor.workers,
-               "final": sink.last}
-    sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
-    sink.close()
-    ray.kill(progress)
+    try:
+        outcome = fit_while_polling(trainer, poll)
+        poll(final=True)
+    finally:
+        summary = {"name": cfg.name, "run_dir": str(run_dir.local), "storage": run_dir.storage, "url": run_dir.url,
+                   "wall_time_s": time.time() - t0, "restarts": max(0, sink.starts - 1),
+                   "resumed_at_steps": sink.resumed_at, "workers": monitor.workers, "final": sink.last,
+                   "driver": {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                              "pid": os.getpid()}}
+        sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
+        sink.close()
+        ray.kill(progress)
     if outcome.error is not None:
         raise outcome.error
     if getattr(outcome.result, "error", None):
         raise outcome.result.error
-    ckpt_dir = local_checkpoint(outcome.result, run_dir)
-    collect_artifacts(run_dir, [ckpt_dir / "artifacts"])
-    summary["checkpoint"] = str(ckpt_dir)
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    if probe if probe is not None else cfg.eval.probe:
-        final_probe(cfg, run_dir, ckpt_dir)
-    write_report(run_dir)
-    return run_dir
+    summary["checkpoint"] = _final_checkpoint(outcome.result, run_dir)
+    return summary, probes
+
+
+def _final_checkpoint(result: Any, run_dir: RunDir) -> str:
+    """The URL (or local path) of the run's last checkpoint."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"{run_dir.url}: training finished without a checkpoint")
+    return f"{run_dir.url}/{result.checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def _probe_plan(cfg: RunConfig, probe: bool | None) -> tuple[bool, bool]:
+    """(periodic probes, final probe); both off, said once, when the config names no data to probe on."""
+    final = cfg.eval.probe if probe is None else probe
+    periodic = cfg.eval.probe and cfg.eval.every_k_checkpoints > 0
+    if (final or periodic) and probe_sources(cfg) is None:
+        print(f"probe skipped: no data.probe_test in the config of {cfg.name}")
+        return False, False
+    return periodic, final
+
+
+def embedded_cpus(cfg: RunConfig) -> int | None:
+    """CPUs of an embedded Ray: the machine's, or enough for the workers and a periodic probe beside them."""
+    if cfg.cluster.address or not (cfg.eval.probe and cfg.eval.every_k_checkpoints):
+        return None
+    need = math.ceil(cfg.cluster.workers * cfg.cluster.cpus_per_worker + cfg.eval.num_cpus)
+    return need if need > (os.cpu_count() or 1) else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,3 +54,22 @@ class ProgressMonitor:
             tmp.write_text(json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
             os.replace(tmp, self.run_dir / "workers.json")
             self.workers = current
+
+
+class CheckpointWatcher:
+    """New complete checkpoints of the run at ``store`` (local or a URL), listed at most every ``interval`` seconds
+    (object-store listings cost requests)."""
+
+    def __init__(self, store: Any, interval: float = 0.0) -> None:
+        self.store, self.interval = store, interval
+        self.seen: set[str] = set(store.checkpoints()) if store.exists() else set()
+        self.last = 0.0
+
+    def new(self, force: bool = False) -> list[str]:
+        if not force and time.monotonic() - self.last < self.interval:
+            return []
+        self.last = time.monotonic()
+        self.store.refresh()
+        fresh = [c for c in self.store.checkpoints() if c not in self.seen]
+        self.seen.update(fresh)
+        return fresh
