@@ -12,6 +12,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,13 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
             trackers.log_artifact(path)
     except BaseException:
         trackers.close(failed=True)
+        try:  # what the failed run wrote still reaches the storage path; the run's own error is the one raised
+            run_dir.sync()
+        except Exception as exc:  # noqa: BLE001
+            print(f"bigbatch: warning: could not copy the run directory to {run_dir.url}: {exc}", file=sys.stderr)
         raise
-    finally:
-        trackers.close()
-        run_dir.sync()
+    trackers.close()
+    run_dir.sync()
     return run_dir.local
 
 

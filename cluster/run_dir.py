@@ -51,9 +51,12 @@ def prepare_run_dir(cfg: RunConfig) -> RunDir:
     if is_url(storage):
         local = DEFAULT_STORAGE / cfg.name
         local.mkdir(parents=True, exist_ok=True)
-        mirror = RunMirror(local, RunStore(f"{storage.rstrip('/')}/{cfg.name}"))
-        if mirror.store.exists("config.yaml"):  # the bucket is the run's truth: resume from its files
-            mirror.pull()
+        try:  # the first contact with the storage path: any failure means it cannot be used
+            mirror = RunMirror(local, RunStore(f"{storage.rstrip('/')}/{cfg.name}"))
+            if mirror.store.exists("config.yaml"):  # the bucket is the run's truth: resume from its files
+                mirror.pull()
+        except Exception as exc:  # noqa: BLE001
+            raise _unusable(storage, exc) from exc
     else:
         storage = str(local_path(storage))
         local = Path(storage) / cfg.name
@@ -71,5 +74,13 @@ def prepare_run_dir(cfg: RunConfig) -> RunDir:
         (local / SUMMARY_FILE).unlink(missing_ok=True)
     cfg_path.write_text(dump_yaml(cfg))
     run_dir = RunDir(storage, local, mirror)
-    run_dir.sync()
+    try:
+        run_dir.sync()
+    except Exception as exc:  # noqa: BLE001
+        raise _unusable(storage, exc) from exc
     return run_dir
+
+
+def _unusable(storage: str, exc: Exception) -> ConfigError:
+    reason = (str(exc).strip().splitlines() or [""])[0][:300]
+    return ConfigError(f"cluster.storage_path={storage}: cannot be used: {type(exc).__name__}: {reason}")

@@ -21,6 +21,11 @@ STATE_FILE = "state.pt"
 SUMMARY_FILE = "train_summary.json"
 # Ray Train's own files in a run directory: its checkpoints and bookkeeping, never part of the mirrored run files.
 NOT_RUN_FILES = ("checkpoint_*", "checkpoints", "final_checkpoint", ".*", "*.tmp")
+OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"}  # keys, no directories to create
+
+
+def _as_tuple(protocol: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def is_url(path: str | Path) -> bool:
@@ -70,12 +75,16 @@ class RunStore:
         except FileNotFoundError:
             return None
 
+    def _files(self, path: str) -> list[str]:
+        """Paths relative to ``path`` of the files under it (object stores' directory markers, ``dir/``, left out)."""
+        found = (p[len(path):].strip("/") for p in self.fs.find(path) if not p.endswith("/"))
+        return [r for r in found if r]
+
     def run_files(self) -> list[str]:
         """Relative paths of the run's own files (not checkpoints, not Ray's bookkeeping)."""
         if not self.fs.isdir(self.root):
             return []
-        rels = (p[len(self.root) + 1:] for p in self.fs.find(self.root))
-        return sorted(r for r in rels if is_run_file(r))
+        return sorted(r for r in self._files(self.root) if is_run_file(r))
 
     def checkpoints(self) -> list[str]:
         """Relative paths of the complete checkpoints (holding state.pt), oldest first.
@@ -92,7 +101,7 @@ class RunStore:
         dest = Path(dest)
         if self.fs.isdir(src):
             dest.mkdir(parents=True, exist_ok=True)
-            files = [(p, dest / p[len(src) + 1:]) for p in self.fs.find(src)]
+            files = [(f"{src}/{r}", dest / r) for r in self._files(src)]
         else:
             files = [(src, dest)]
         for remote, out in files:
@@ -110,7 +119,8 @@ class RunStore:
         final = self._path(rel)
         parent, name = final.rsplit("/", 1)
         tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        self.fs.makedirs(parent, exist_ok=True)
+        if not set(_as_tuple(self.fs.protocol)) & OBJECT_STORES:  # never create buckets, only directories
+            self.fs.makedirs(parent, exist_ok=True)
         self.fs.put_file(str(local), tmp)
         try:
             self.fs.mv(tmp, final)

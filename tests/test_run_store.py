@@ -5,6 +5,7 @@ downloading checkpoints, and `bigbatch compare` on a URL."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import s3_env
@@ -22,6 +23,14 @@ def bucket(s3_endpoint, monkeypatch):
     name = f"runs-{len(client.list_buckets()['Buckets'])}"
     client.create_bucket(Bucket=name)
     return name
+
+
+def _directory_markers(bucket: str, *keys: str) -> None:
+    """Empty ``dir/`` objects, as pyarrow (Ray's storage layer) writes them: not files of the run."""
+    import boto3
+
+    for key in keys:
+        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=b"")
 
 
 def _working_copy(root):
@@ -59,6 +68,7 @@ def test_mirror_to_s3_and_pull_back(tmp_path, bucket):
     assert store.read_text("metrics.jsonl").count("\n") == 2
     assert store.read_text("probe.json") is None
 
+    _directory_markers(bucket, "runs/", "runs/r/", "runs/r/tb/")
     fresh = tmp_path / "elsewhere" / "r"  # another driver, no local copy: pull the run files
     pulled = RunMirror(fresh, RunStore(f"s3://{bucket}/runs/r")).pull()
     assert sorted(pulled) == sorted(sent)
@@ -79,6 +89,7 @@ def test_checkpoints_at_a_url(tmp_path, bucket):
         torch.save({"step": step}, src / "state.pt")
         store.upload(src / "state.pt", f"{name}/state.pt")
     store.upload(src / "state.pt", "checkpoint_2026-01-01_00-00-03.000000/rng-rank0.pt")  # incomplete: no state.pt
+    _directory_markers(bucket, "runs/c/", "runs/c/checkpoint_2026-01-01_00-00-02.000000/")
     assert store.checkpoints() == ["checkpoint_2026-01-01_00-00-01.000000", "checkpoint_2026-01-01_00-00-02.000000"]
     latest = checkpoint_location(store.url)
     assert latest == f"{store.url}/checkpoint_2026-01-01_00-00-02.000000"
@@ -105,3 +116,16 @@ def test_compare_reads_a_run_at_a_url(tmp_path, bucket, capsys):
     assert row["run"] == "r" and row["steps"] == 4 and row["probe_top1"] == 0.5
     assert main(["compare", f"s3://{bucket}/runs/missing"]) == 2
     assert "not a bigbatch run directory" in capsys.readouterr().err
+
+
+def test_unusable_storage_path_is_one_line(tmp_path, bucket, monkeypatch, capsys):
+    import cluster.run_dir
+    from cluster.cli import main
+
+    monkeypatch.setattr(cluster.run_dir, "DEFAULT_STORAGE", tmp_path)  # the driver's working copies
+    for storage, why in ((f"s3://{bucket}-missing/runs", "NoSuchBucket|not exist|FileNotFoundError"),
+                         ("nosuchproto://x/runs", "nosuchproto")):
+        assert main(["pretrain", f"cluster.storage_path={storage}", "name=r", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"bigbatch pretrain: cluster.storage_path={storage}: cannot be used")
+        assert re.search(why, err[0]), err[0]
