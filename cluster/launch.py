@@ -26,7 +26,7 @@ from cluster.trackers import Trackers
 from cluster.trainer_config import build_trainer
 from eval.run_probe import flat_results, write_probe
 from pretrain.config import RunConfig
-from pretrain.run_store import RunStore, is_url
+from pretrain.run_store import SUMMARY_FILE, RunStore, is_url, write_text_atomic
 
 LISTING_INTERVAL_S = 5.0  # how often the driver lists a URL storage path for new checkpoints
 
@@ -44,7 +44,7 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
     trackers = Trackers(cfg, run_dir.local)
     try:
         summary, probes = _train(cfg, run_dir, trackers, show_progress, periodic)
-        (run_dir.local / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(run_dir.local / SUMMARY_FILE, json.dumps(summary, indent=2))
         if final:
             res = probes.final(summary["checkpoint"])
             write_probe(run_dir.local, res)

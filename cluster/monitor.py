@@ -4,13 +4,14 @@ and ``workers.json`` kept current between polls."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pretrain.run_store import write_text_atomic
 
 
 @dataclass
@@ -50,9 +51,8 @@ class ProgressMonitor:
         self.sink.consume(*ray.get(self.progress.drain.remote()))
         current = ray.get(self.progress.worker_info.remote())
         if current != self.workers:  # restarted workers replace their entry
-            tmp = self.run_dir / ".workers.json.tmp"
-            tmp.write_text(json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
-            os.replace(tmp, self.run_dir / "workers.json")
+            write_text_atomic(self.run_dir / "workers.json",
+                              json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
             self.workers = current
 
 

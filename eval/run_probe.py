@@ -90,10 +90,10 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
 
 def write_probe(run_dir: str | Path, results: dict) -> None:
     """``probe.json`` (through a temp file) and the ``{"event": "probe", …}`` line of metrics.jsonl."""
+    from pretrain.run_store import write_text_atomic
+
     run_dir = Path(run_dir)
-    tmp = run_dir / ".probe.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(run_dir / "probe.json")
+    write_text_atomic(run_dir / "probe.json", json.dumps(results, indent=2))
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"time": time.time(), "event": "probe", **flat_results(results)}) + "\n")
 

@@ -15,12 +15,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "train_summary.json"
-# Ray Train's own files in a run directory: its checkpoints and bookkeeping, never part of the mirrored run files.
-NOT_RUN_FILES = ("checkpoint_*", "checkpoints", "final_checkpoint", ".*", "*.tmp")
+# Not the run's files (never mirrored): checkpoints and Ray Train's bookkeeping (checkpoint_* also matches its
+# checkpoint_manager_snapshot.json), hidden and temporary files.
+NOT_RUN_FILES = ("checkpoint_*", "checkpoints", ".*", "*.tmp")
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"}  # keys, no directories to create
 
 
@@ -38,13 +40,21 @@ def local_path(path: str | Path) -> Path:
     return Path(str(path).removeprefix("file://")).expanduser().resolve()
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a run file through a hidden temp file + rename: readers (and the mirror) see the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def is_run_file(rel: str) -> bool:
     """True for the run's own files (relative path in the run dir), False for checkpoints and Ray's bookkeeping."""
-    from fnmatch import fnmatch
-
-    top = rel.split("/", 1)[0]
-    name = rel.rsplit("/", 1)[-1]
-    return not any(fnmatch(top, p) or fnmatch(name, p) for p in NOT_RUN_FILES) and top != "checkpoint_manager_snapshot.json"
+    top, name = rel.split("/", 1)[0], rel.rsplit("/", 1)[-1]
+    return not any(fnmatch(top, p) or fnmatch(name, p) for p in NOT_RUN_FILES)
 
 
 class RunStore:
