@@ -1,5 +1,4 @@
-"""What a run leaves beside its metrics: the checkpoints' PNGs (samples, reconstructions) gathered into
-``run_dir/artifacts`` before Ray prunes the checkpoints, and report.md."""
+"""The checkpoints' PNGs (samples, reconstructions) gathered into ``run_dir/artifacts`` before Ray prunes them."""
 
 from __future__ import annotations
 
@@ -18,7 +17,3 @@ def collect_artifacts(store: RunStore, checkpoint: str, run_dir: Path) -> list[P
             copied.append(dest)
     return copied
 
-
-def write_report(run_dir: Path) -> Path:
-    from eval.report import write_report as _write
-    return _write(run_dir)

@@ -1,15 +1,15 @@
 """Launching a pretraining run with Ray Train: embedded local Ray by default, an existing cluster with an address.
 
 ``run_pretrain(cfg)`` → the run directory, holding ``config.yaml``, ``metrics.jsonl``, ``tb/``, ``workers.json``,
-Ray Train's ``checkpoint_*`` directories, ``artifacts/``, the probe's figures, ``report.md`` and, written last,
-``train_summary.json`` — all in ``storage_path/name`` (with a URL storage path: mirrored there from the driver's
-working copy at every checkpoint and at the end). Rerunning with the same ``name`` resumes from the latest checkpoint.
+Ray Train's ``checkpoint_*`` directories, ``artifacts/``, ``train_summary.json`` (once training finished), the
+probe's figures and ``report.md`` — all in ``storage_path/name`` (with a URL storage path: mirrored there from the
+driver's working copy at every checkpoint and at the end, train_summary.json last).
+Rerunning with the same ``name`` resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import sys
@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.artifacts import collect_artifacts, write_report
+from cluster.artifacts import collect_artifacts
 from cluster.monitor import CheckpointWatcher, ProgressMonitor, fit_while_polling
 from cluster.probing import ProbeTasks, probe_sources
-from cluster.ray_connect import connect_ray
+from cluster.ray_connect import connect_ray, embedded_cpus
 from cluster.run_dir import RunDir, default_name, prepare_run_dir
 from cluster.trackers import Trackers
 from cluster.trainer_config import build_trainer
+from eval.report import write_report
 from eval.run_probe import flat_results, write_probe
 from pretrain.config import RunConfig
 from pretrain.run_store import SUMMARY_FILE, RunStore, is_url, write_text_atomic
@@ -132,11 +133,3 @@ def _probe_plan(cfg: RunConfig, probe: bool | None) -> tuple[bool, bool]:
         print(f"probe skipped: no data.probe_test in the config of {cfg.name}")
         return False, False
     return periodic, final
-
-
-def embedded_cpus(cfg: RunConfig) -> int | None:
-    """CPUs of an embedded Ray: the machine's, or enough for the workers and a periodic probe beside them."""
-    if cfg.cluster.address or not (cfg.eval.probe and cfg.eval.every_k_checkpoints):
-        return None
-    need = math.ceil(cfg.cluster.workers * cfg.cluster.cpus_per_worker + cfg.eval.num_cpus)
-    return need if need > (os.cpu_count() or 1) else None

@@ -1,5 +1,5 @@
-"""The driver while Ray Train runs: ``trainer.fit()`` in a thread, the progress actor drained into the metrics sink
-and ``workers.json`` kept current between polls."""
+"""The driver while Ray Train runs: ``trainer.fit()`` in a thread; between polls the progress actor drained into the
+metrics sink, ``workers.json`` kept current, and new checkpoints noticed in the run's storage."""
 
 from __future__ import annotations
 

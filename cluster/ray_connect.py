@@ -3,6 +3,11 @@ already runs in (``auto``), or a new embedded instance bound to loopback."""
 
 from __future__ import annotations
 
+import math
+import os
+
+from pretrain.config import RunConfig
+
 
 def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
@@ -25,3 +30,11 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         # this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  _node_ip_address="127.0.0.1")
+
+
+def embedded_cpus(cfg: RunConfig) -> int | None:
+    """CPUs of an embedded Ray: the machine's, or enough for the workers and a periodic probe beside them."""
+    if cfg.cluster.address or not (cfg.eval.probe and cfg.eval.every_k_checkpoints):
+        return None
+    need = math.ceil(cfg.cluster.workers * cfg.cluster.cpus_per_worker + cfg.eval.num_cpus)
+    return need if need > (os.cpu_count() or 1) else None
