@@ -29,10 +29,12 @@ def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
     return out
 
 
-def test_run_lives_in_the_bucket(s3_endpoint, digits_shards, tmp_path, monkeypatch):
+def test_run_lives_in_the_bucket(s3_endpoint, digits_shards, tmp_path, monkeypatch, capsys):
     import boto3
     import fsspec
     from mlflow import MlflowClient
+
+    from cluster.cli import main
 
     for k, v in {**s3_env(s3_endpoint), **offline_env(tmp_path)}.items():
         monkeypatch.setenv(k, v)
@@ -71,14 +73,15 @@ def test_run_lives_in_the_bucket(s3_endpoint, digits_shards, tmp_path, monkeypat
     assert {"report.md", "loss_curve.png"} <= set(files)
 
     shutil.rmtree(tmp_path / "driver")  # the driver's pod is gone: only the bucket is left
-    row = json.loads(_cli(env, "compare", url, "--json").stdout)[0]
+    assert main(["compare", url, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
     assert row["run"] == "remote" and row["steps"] == 4 and row["probe_top1"] == probe["method"]["top1"]
-    out = _cli(env, "probe", url, "--train", str(digits_shards["train"]), "--test", str(digits_shards["holdout"]),
-               "--json")
-    again = json.loads(out.stdout.strip().splitlines()[-1])
+    assert main(["probe", url, "--train", str(digits_shards["train"]), "--test", str(digits_shards["holdout"]),
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["checkpoint"] == probe["checkpoint"] and again["method"]["top1"] == probe["method"]["top1"]
     if importlib.util.find_spec("cluster.commands.export") is not None:  # `bigbatch export` reads the bucket too
-        _cli(env, "export", url, "--out", str(tmp_path / "exported"))
+        assert main(["export", url, "--out", str(tmp_path / "exported")]) == 0
         assert (tmp_path / "exported" / "model.safetensors").is_file()
 
     _cli(env, "pretrain", *items, "steps=6", "--no-progress")  # resume from the bucket alone
