@@ -276,7 +276,7 @@ def run_doctor(address: str | None = None, checks: list[str] | None = None) -> d
     cluster's view, and the checks in a Ray task on its node with the most GPUs (up to 2, for NCCL)."""
     import ray
 
-    from cluster.launch import connect_ray
+    from cluster.ray_connect import connect_ray
 
     wanted = list(checks or CHECKS)
     view = None

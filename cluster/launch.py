@@ -1,262 +1,136 @@
 """Launching a pretraining run with Ray Train: embedded local Ray by default, an existing cluster with an address.
 
-``run_pretrain(cfg)`` → the run directory, holding ``config.yaml``, ``metrics.jsonl``, ``tb/``, Ray Train's
-``checkpoint_*`` directories (in ``storage_path/name``), the probe's figures and ``report.md``.
-Rerunning with the same ``name`` (and storage path) resumes from the latest checkpoint.
+``run_pretrain(cfg)`` → the run directory, holding ``config.yaml``, ``metrics.jsonl``, ``tb/``, ``workers.json``,
+Ray Train's ``checkpoint_*`` directories, ``artifacts/``, ``train_summary.json`` (once training finished), the
+probe's figures and ``report.md`` — all in ``storage_path/name`` (with a URL storage path: mirrored there from the
+driver's working copy at every checkpoint and at the end, train_summary.json last).
+Rerunning with the same ``name`` resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
+import socket
+import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cluster.run_config import ConfigError, dump_yaml
+from cluster.artifacts import collect_artifacts
+from cluster.monitor import CheckpointWatcher, ProgressMonitor, fit_while_polling
+from cluster.probing import ProbeTasks, probe_sources
+from cluster.ray_connect import connect_ray, embedded_cpus
+from cluster.run_dir import RunDir, default_name, prepare_run_dir
+from cluster.trackers import Trackers
+from cluster.trainer_config import build_trainer
+from eval.report import write_report
+from eval.run_probe import flat_results, write_probe
 from pretrain.config import RunConfig
+from pretrain.run_store import SUMMARY_FILE, RunStore, is_url, write_text_atomic
 
-DEFAULT_STORAGE = Path(os.environ.get("BIGBATCH_RUNS", "~/bigbatch_runs")).expanduser()
-_COMPAT_SECTIONS = ("method", "batch_size", "seed", "model", "loss", "vae", "gan")
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def default_name(cfg: RunConfig) -> str:
-    what = cfg.loss.name if cfg.method == "simclr" else (cfg.gan.loss if cfg.method == "gan" else cfg.method)
-    return f"{cfg.method}-{what}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_run_dir(cfg: RunConfig) -> tuple[str, Path]:
-    """(storage path for Ray, local run dir). Writes config.yaml; on a rerun checks the config still fits."""
-    storage = cfg.cluster.storage_path or str(DEFAULT_STORAGE)
-    if is_remote(storage):
-        local = DEFAULT_STORAGE / cfg.name
-    else:
-        storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
-        local = Path(storage) / cfg.name
-    local.mkdir(parents=True, exist_ok=True)
-    cfg_path = local / "config.yaml"
-    if cfg_path.exists():
-        old = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-        diffs = [k for k in _COMPAT_SECTIONS if getattr(old, k) != getattr(cfg, k)]
-        if diffs:
-            raise ConfigError(f"run {cfg.name!r} exists in {local} with a different {', '.join(diffs)}: "
-                              "resume it with its own config, or pick another name")
-    cfg_path.write_text(dump_yaml(cfg))
-    return storage, local
-
-
-def code_runtime_env() -> dict[str, Any]:
-    """A Ray runtime_env shipping bigbatch's four packages from wherever they are installed (checkout or wheel), as
-    directory paths: the Jobs API deep-copies the runtime_env, which module objects do not survive."""
-    import cluster
-    import data_pipeline
-    import eval as eval_pkg
-    import pretrain
-    return {"py_modules": [str(Path(m.__file__).parent) for m in (data_pipeline, pretrain, eval_pkg, cluster)],
-            "excludes": ["**/__pycache__"]}
-
-
-def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address == "auto":
-        # The cluster this process already belongs to: RAY_ADDRESS (set for a Ray Jobs API / KubeRay job, whose
-        # runtime_env or image carries the code) or the cluster `ray start` made on this node.
-        ray.init(address="auto")
-    elif address:
-        ray.init(address=address, runtime_env=code_runtime_env())
-    else:
-        # An embedded instance serves this machine only: bind it to the loopback interface. address="local"
-        # always starts a new instance: without it ray.init() attaches to whatever Ray was started last on
-        # this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
-
-
-def build_trainer(cfg: RunConfig, storage: str, progress: Any):
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pretrain.train_loop import train_func
-
-    c = cfg.cluster
-    use_gpu = c.gpus_per_worker > 0
-    resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if use_gpu else {})}
-    return TorchTrainer(
-        train_func,
-        train_loop_config={"run": cfg.model_dump(mode="json"), "progress": progress},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=c.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RayRunConfig(
-            name=cfg.name, storage_path=storage,
-            failure_config=FailureConfig(max_failures=c.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=c.num_to_keep),
-        ),
-    )
+LISTING_INTERVAL_S = 5.0  # how often the driver lists a URL storage path for new checkpoints
 
 
 def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | None = None) -> Path:
-    """Train with Ray Train, then probe and report. Returns the local run directory."""
+    """Train with Ray Train, then probe (as a Ray task) and report. Returns the local run directory."""
+    if cfg.name is None:
+        cfg = cfg.model_copy(update={"name": default_name(cfg)})
+    run_dir = prepare_run_dir(cfg)
+    if cfg.data.train == "digits":  # write the built-in shards once, before workers race for them
+        from data_pipeline.builtin import ensure_digits
+        ensure_digits()
+    connect_ray(cfg.cluster.address, num_cpus=embedded_cpus(cfg))
+    periodic, final = _probe_plan(cfg, probe)
+    trackers = Trackers(cfg, run_dir.local)
+    try:
+        summary, probes = _train(cfg, run_dir, trackers, show_progress, periodic)
+        write_text_atomic(run_dir.local / SUMMARY_FILE, json.dumps(summary, indent=2))
+        if final:
+            res = probes.final(summary["checkpoint"])
+            write_probe(run_dir.local, res)
+            trackers.log_metrics(flat_results(res), res["step"])
+        report = write_report(run_dir.local)
+        for path in (report, run_dir.local / "loss_curve.png"):
+            trackers.log_artifact(path)
+    except BaseException:
+        trackers.close(failed=True)
+        try:  # what the failed run wrote still reaches the storage path; the run's own error is the one raised
+            run_dir.sync()
+        except Exception as exc:  # noqa: BLE001
+            print(f"bigbatch: warning: could not copy the run directory to {run_dir.url}: {exc}", file=sys.stderr)
+        raise
+    trackers.close()
+    run_dir.sync()
+    return run_dir.local
+
+
+def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: bool,
+           periodic: bool) -> tuple[dict, ProbeTasks]:
+    """Ray Train's fit with the driver polling progress, checkpoints, periodic probes; the run's summary."""
     import ray
 
     from cluster.progress import MetricsSink, ProgressActor
 
-    if cfg.name is None:
-        cfg = cfg.model_copy(update={"name": default_name(cfg)})
-    storage, run_dir = prepare_run_dir(cfg)
-    if cfg.data.train == "digits":  # write the built-in shards once, before workers race for them
-        from data_pipeline.builtin import ensure_digits
-        ensure_digits()
-    connect_ray(cfg.cluster.address)
     progress = ProgressActor.remote()
-    trainer = build_trainer(cfg, storage, progress)
-    sink = MetricsSink(run_dir, cfg.steps, show=show_progress)
-    sink.event("start", name=cfg.name, workers=cfg.cluster.workers, storage=storage)
-    outcome: dict[str, Any] = {}
+    trainer = build_trainer(cfg, run_dir.storage, progress)
+    sink = MetricsSink(run_dir.local, cfg.steps, show=show_progress, trackers=trackers)
+    sink.event("start", name=cfg.name, workers=cfg.cluster.workers, storage=run_dir.storage)
+    monitor = ProgressMonitor(progress, sink, run_dir.local)
+    store = RunStore(run_dir.url)
+    watcher = CheckpointWatcher(store, interval=LISTING_INTERVAL_S if is_url(run_dir.url) else 0.0)
+
+    def on_probe(res: dict) -> None:
+        sink.event("probe", step=res["step"], **flat_results(res), where=res["where"])
+        trackers.log_metrics(flat_results(res), res["step"])
+
+    probes = ProbeTasks(cfg, on_probe, lambda ckpt, why: sink.event("probe_skipped", checkpoint=ckpt, reason=why))
+
+    def poll(final: bool = False) -> None:
+        monitor.poll()
+        new = watcher.new(force=final)
+        for ckpt in new:
+            collect_artifacts(store, ckpt, run_dir.local)
+            if periodic:
+                probes.submit(f"{run_dir.url}/{ckpt}")
+        probes.collect(wait=final)
+        if new:
+            run_dir.sync()
+
     t0 = time.time()
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # re-raised on the driver thread below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    workers: dict[int, dict[str, Any]] = {}
-    periodic = PeriodicProbe(cfg, run_dir) if cfg.eval.probe and cfg.eval.every_k_checkpoints else None
-    while thread.is_alive():
-        thread.join(timeout=0.5)
-        sink.consume(*ray.get(progress.drain.remote()))
-        workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
-        _collect_artifacts(run_dir, run_dir.glob("checkpoint_*/artifacts"))
-        if periodic:
-            periodic.poll(sink)
-    sink.consume(*ray.get(progress.drain.remote()))
-    workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
-    wall = time.time() - t0
-    restarts = max(0, sink.starts - 1)
-    summary = {"name": cfg.name, "run_dir": str(run_dir), "storage": storage, "wall_time_s": wall,
-               "restarts": restarts, "resumed_at_steps": sink.resumed_at, "workers": workers,
-               "stop_reason": sink.last.get("stop_reason"), "final": sink.last}
-    sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
-    sink.close()
-    ray.kill(progress)
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
-    if getattr(result, "error", None):
-        raise result.error
-    ckpt_dir = _local_checkpoint(result, run_dir)
-    _collect_artifacts(run_dir, [ckpt_dir / "artifacts"])
-    summary["checkpoint"] = str(ckpt_dir)
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    if probe if probe is not None else cfg.eval.probe:
-        _probe(cfg, run_dir, ckpt_dir)
-    _report(run_dir)
-    return run_dir
-
-
-def _record_workers(run_dir: Path, current: dict[int, dict[str, Any]], known: dict[int, dict[str, Any]]):
-    """Keep ``run_dir/workers.json`` (rank → node, host, PID) current; restarted workers replace their entry."""
-    if current != known:
-        tmp = run_dir / ".workers.json.tmp"
-        tmp.write_text(json.dumps({str(k): v for k, v in sorted(current.items())}, indent=2))
-        os.replace(tmp, run_dir / "workers.json")
-    return current
-
-
-class PeriodicProbe:
-    """Probe every k-th checkpoint as it appears in a local run dir (``eval.every_k_checkpoints``); results go to
-    metrics.jsonl as ``{"event": "probe", "step": …}`` lines. Runs on the driver, between progress polls."""
-
-    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
-        self.cfg, self.run_dir, self.seen = cfg, run_dir, set()
-        self.sources = probe_sources(cfg)
-
-    def poll(self, sink: Any) -> None:
-        if self.sources is None:
-            return
-        for d in sorted(p for p in self.run_dir.glob("checkpoint_*") if (p / "state.pt").is_file()):
-            if d.name in self.seen:
-                continue
-            self.seen.add(d.name)
-            try:
-                step = _checkpoint_step(d)
-                if (step // self.cfg.checkpoint_every) % self.cfg.eval.every_k_checkpoints:
-                    continue
-                from eval.run_probe import probe_run
-                res = probe_run(d, *self.sources, knn=self.cfg.eval.knn, seed=self.cfg.seed)
-            except (OSError, ValueError, RuntimeError) as exc:  # pruned by Ray while being read: say so
-                sink.event("probe_skipped", checkpoint=d.name, reason=str(exc))
-                continue
-            sink.event("probe", step=step, probe_top1=res["method"]["top1"], probe_top5=res["method"]["top5"],
-                       knn_top1=res["method"].get("knn_top1"))
-
-
-def _checkpoint_step(directory: Path) -> int:
-    import torch
-    return int(torch.load(directory / "state.pt", map_location="cpu", weights_only=True)["step"])
-
-
-def _collect_artifacts(run_dir: Path, sources) -> None:
-    """Copy each checkpoint's PNGs (samples, reconstructions) into ``run_dir/artifacts`` before Ray prunes it."""
-    import shutil
-    for src in sources:
-        for png in Path(src).glob("*.png"):
-            dest = run_dir / "artifacts" / png.name
-            if not dest.exists():
-                dest.parent.mkdir(exist_ok=True)
-                shutil.copyfile(png, dest)
-
-
-def _local_checkpoint(result: Any, run_dir: Path) -> Path:
-    """The final checkpoint as a local directory (downloaded into the run dir when storage is remote)."""
-    ckpt = result.checkpoint
-    if ckpt is None:
-        raise RuntimeError(f"{run_dir}: training finished without a checkpoint")
-    if not is_remote(ckpt.path):
-        return Path(ckpt.path)
-    dest = run_dir / "final_checkpoint"
-    ckpt.to_directory(str(dest))
-    return dest
-
-
-def probe_sources(cfg: RunConfig) -> tuple[str, str] | None:
-    d = cfg.data
-    if d.train == "digits":
-        from data_pipeline.builtin import ensure_digits
-        train, holdout = ensure_digits()
-        return d.probe_train or str(train), d.probe_test or str(holdout)
-    if d.probe_test:
-        return d.probe_train or d.train, d.probe_test
-    return None
-
-
-def _probe(cfg: RunConfig, run_dir: Path, ckpt_dir: Path) -> None:
-    sources = probe_sources(cfg)
-    if sources is None:
-        print(f"probe skipped: no data.probe_test in the config of {cfg.name}")
-        return
-    from eval.run_probe import probe_run
-    probe_run(ckpt_dir, sources[0], sources[1], run_dir=run_dir, baselines=tuple(cfg.eval.baselines),
-              knn=cfg.eval.knn, seed=cfg.seed)
-
-
-def _report(run_dir: Path) -> None:
     try:
-        from eval.report import write_report
-    except ModuleNotFoundError:
-        return
-    write_report(run_dir)
+        outcome = fit_while_polling(trainer, poll)
+        poll(final=True)
+    finally:
+        summary = {"name": cfg.name, "run_dir": str(run_dir.local), "storage": run_dir.storage, "url": run_dir.url,
+                   "wall_time_s": time.time() - t0, "restarts": max(0, sink.starts - 1),
+                   "resumed_at_steps": sink.resumed_at, "workers": monitor.workers,
+                   "stop_reason": sink.last.get("stop_reason"), "final": sink.last,
+                   "driver": {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                              "pid": os.getpid()}}
+        sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
+        sink.close()
+        ray.kill(progress)
+    if outcome.error is not None:
+        raise outcome.error
+    if getattr(outcome.result, "error", None):
+        raise outcome.result.error
+    summary["checkpoint"] = _final_checkpoint(outcome.result, run_dir)
+    return summary, probes
+
+
+def _final_checkpoint(result: Any, run_dir: RunDir) -> str:
+    """The URL (or local path) of the run's last checkpoint."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"{run_dir.url}: training finished without a checkpoint")
+    return f"{run_dir.url}/{result.checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def _probe_plan(cfg: RunConfig, probe: bool | None) -> tuple[bool, bool]:
+    """(periodic probes, final probe); both off, said once, when the config names no data to probe on."""
+    final = cfg.eval.probe if probe is None else probe
+    periodic = cfg.eval.probe and cfg.eval.every_k_checkpoints > 0
+    if (final or periodic) and probe_sources(cfg) is None:
+        print(f"probe skipped: no data.probe_test in the config of {cfg.name}")
+        return False, False
+    return periodic, final

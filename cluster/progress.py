@@ -1,5 +1,5 @@
 """Driver-side progress: a Ray actor the rank-0 worker pushes metrics to, and the driver's view of them
-(tqdm bar with step, loss, images/s and time left; ``metrics.jsonl`` and TensorBoard events in the run dir).
+(tqdm bar with step, loss, images/s and time left; ``metrics.jsonl`` in the run dir; the experiment trackers).
 
 The actor outlives worker restarts, so it also counts how many times the worker group (re)started.
 """
@@ -45,14 +45,13 @@ class ProgressActor:
 
 
 class MetricsSink:
-    """Appends metrics to ``run_dir/metrics.jsonl`` and TensorBoard scalars to ``run_dir/tb``; drives the bar."""
+    """Appends metrics to ``run_dir/metrics.jsonl``, hands them to the trackers as ``train/KEY`` at their step;
+    drives the bar."""
 
-    def __init__(self, run_dir: Path, total_steps: int | None, show: bool = True) -> None:
-        from tensorboardX import SummaryWriter
-
+    def __init__(self, run_dir: Path, total_steps: int | None, show: bool = True, trackers: Any = None) -> None:
         self.run_dir = Path(run_dir)
         self.jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
-        self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        self.trackers = trackers
         self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=not show)
         self.attempt = 0
         self.starts = 0
@@ -67,9 +66,9 @@ class MetricsSink:
                 self.bar.total = total
             record = {"time": time.time(), "attempt": max(0, starts - 1), **m}
             self.jsonl.write(json.dumps(record) + "\n")
-            for k, v in m.items():
-                if isinstance(v, (int, float)) and k not in ("step", "total_steps"):
-                    self.tb.add_scalar(f"train/{k}", v, m["step"])
+            if self.trackers is not None:
+                self.trackers.log_metrics({f"train/{k}": v for k, v in m.items() if k not in ("step", "total_steps")},
+                                          m["step"])
             self.bar.n = m["step"]
             self.bar.set_postfix(loss=f"{m.get('loss', float('nan')):.4f}", img_s=f"{m.get('images_per_s', 0):.0f}")
             self.bar.refresh()
@@ -80,5 +79,4 @@ class MetricsSink:
 
     def close(self) -> None:
         self.bar.close()
-        self.tb.close()
         self.jsonl.close()

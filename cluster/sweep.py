@@ -128,10 +128,11 @@ def default_name(spec: SweepSpec, samples: int | None, seed: int, budget_minutes
 
 def _locate(storage_path: str | None, name: str) -> tuple[str, Path]:
     """(the sweep's storage URI/path for Ray, its local directory for the tables)."""
-    from cluster.launch import DEFAULT_STORAGE, is_remote
+    from cluster.run_dir import DEFAULT_STORAGE
+    from pretrain.run_store import is_url
 
     root = storage_path or str(DEFAULT_STORAGE)
-    if is_remote(root):
+    if is_url(root):
         return f"{root.rstrip('/')}/{name}", DEFAULT_STORAGE / name
     local = Path(root.removeprefix("file://")).expanduser().resolve() / name
     return str(local), local
@@ -160,7 +161,7 @@ def _record(path: Path, name: str, spec: SweepSpec, samples: int | None, seed: i
 
 def _check_metric(trials: list[Trial], metric: str) -> None:
     """Every trial must measure the metric: the probe on (with held-out data), and kNN for knn_top1."""
-    from cluster.launch import probe_sources
+    from cluster.probing import probe_sources
 
     if metric == "loss":
         return
@@ -236,7 +237,7 @@ def run_sweep(spec: SweepSpec, *, name: str | None = None, samples: int | None =
     local.mkdir(parents=True, exist_ok=True)
     _record(local / SPEC_FILE, name, spec, samples, seed, trials)
 
-    from cluster.launch import connect_ray
+    from cluster.ray_connect import connect_ray
     connect_ray(address)
     # A failed trial is one line on the console and in the table; its traceback stays in tune/TRIAL/error.txt.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")

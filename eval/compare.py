@@ -7,18 +7,20 @@ from pathlib import Path
 
 import yaml
 
+from pretrain.run_store import RunStore
+
 
 def run_row(run_dir: str | Path) -> dict:
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
+    """One run's row; ``run_dir`` is a local path or a URL (s3://bucket/runs/NAME)."""
+    store = RunStore(run_dir)
+    text = store.read_text("config.yaml")
+    if text is None:
         raise ValueError(f"{run_dir}: not a bigbatch run directory (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text())
-    summary = json.loads((run_dir / "train_summary.json").read_text()) if (run_dir / "train_summary.json").exists() else {}
-    probe = json.loads((run_dir / "probe.json").read_text()) if (run_dir / "probe.json").exists() else {}
+    cfg = yaml.safe_load(text)
+    summary, probe = (json.loads(store.read_text(f) or "{}") for f in ("train_summary.json", "probe.json"))
     m = probe.get("method", {})
     what = {"simclr": cfg["loss"]["name"], "gan": cfg["gan"]["loss"], "vae": cfg["vae"]["likelihood"]}[cfg["method"]]
-    return {"run": run_dir.name, "method": cfg["method"], "loss": what, "batch": cfg["batch_size"],
+    return {"run": store.url.rsplit("/", 1)[-1], "method": cfg["method"], "loss": what, "batch": cfg["batch_size"],
             "steps": summary.get("final", {}).get("step"), "time_s": summary.get("wall_time_s"),
             "probe_top1": m.get("top1"), "knn_top1": m.get("knn_top1")}
 

@@ -68,6 +68,10 @@ def write_report(run_dir: str | Path) -> Path:
         for name, r in rows:
             lines.append(f"| {name} | {_pct(r['top1'])} | {_pct(r['top5'])} | {_pct(r.get('knn_top1'))} | {r['l2']:.0e} |")
         lines.append("")
+        if "where" in probe:
+            w = probe["where"]
+            lines += [f"Probed at step {probe.get('step', '?')} on {w['host']} ({w['device']}, Ray node "
+                      f"{w['node_id'][:12]}).", ""]
     artifacts = sorted((run_dir / "artifacts").glob("*.png")) if (run_dir / "artifacts").exists() else []
     if artifacts:
         lines += ["## Samples", ""] + [f"![{p.stem}](artifacts/{p.name})" for p in artifacts[-3:]] + [""]

@@ -1,7 +1,8 @@
 """Probing a checkpoint (and the baselines) on labelled shards; results into the run directory.
 
 ``probe_run`` extracts frozen features of the train and test shards once per representation, runs the linear
-probe and the kNN monitor, writes ``probe.json`` and appends a ``{"event": "probe", …}`` line to metrics.jsonl.
+probe and the kNN monitor; ``write_probe`` puts the results in a run directory: ``probe.json`` and a
+``{"event": "probe", …}`` line in metrics.jsonl. The checkpoint may be a local path or a URL (s3://…/RUN).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def baseline_features(name: str, train: str, test: str, image_size: int, *, enco
 def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str, *, run_dir: str | Path | None = None,
               baselines: Sequence[str] = (), knn: bool = True, seed: int = 0, device: str = "cpu",
               image_size: int | None = None, encoder: str | None = None) -> dict:
-    """Probe a checkpoint (run dir, checkpoint dir, state.pt or an exported encoder's directory; None: baselines
-    only) and the named baselines."""
+    """Probe a checkpoint (run dir, checkpoint dir, state.pt or an exported encoder's directory, local or at a URL;
+    None: baselines only) and the named baselines."""
     results: dict = {"train": str(train_source), "test": str(test_source), "seed": seed, "baselines": {}}
     small_stem, norm = True, "batch"
     if checkpoint is not None:
@@ -69,10 +70,14 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
             model = represent.config["bigbatch"]["encoder"]
             size, results["checkpoint"] = represent.image_size, str(checkpoint)
         else:
-            from pretrain.checkpoint import find_latest_checkpoint, load_method
-            method, cfg = load_method(checkpoint, device=device)
+            from pretrain.checkpoint import load_method
+            from pretrain.run_store import checkpoint_location, local_checkpoint
+
+            location = checkpoint_location(checkpoint)
+            with local_checkpoint(location) as local:
+                method, cfg = load_method(local, device=device)
             represent, model, size = method.represent, cfg.model.model_dump(), cfg.data.image_size
-            results["checkpoint"] = str(find_latest_checkpoint(Path(checkpoint)))
+            results["checkpoint"] = location
         image_size = image_size or size
         encoder, small_stem, norm = encoder or model["encoder"], model["small_stem"], model["norm"]
         xtr, ytr = extract_features(represent, train_source, image_size, device=device)
@@ -86,14 +91,22 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
                                   small_stem=small_stem, norm=norm, seed=seed, device=device)
         results["baselines"][name] = evaluate_features(*feats, knn=knn, seed=seed, device=device)
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        (run_dir / "probe.json").write_text(json.dumps(results, indent=2))
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"time": time.time(), "event": "probe", **_flat(results)}) + "\n")
+        write_probe(run_dir, results)
     return results
 
 
-def _flat(results: dict) -> dict:
+def write_probe(run_dir: str | Path, results: dict) -> None:
+    """``probe.json`` (through a temp file) and the ``{"event": "probe", …}`` line of metrics.jsonl."""
+    from pretrain.run_store import write_text_atomic
+
+    run_dir = Path(run_dir)
+    write_text_atomic(run_dir / "probe.json", json.dumps(results, indent=2))
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), "event": "probe", **flat_results(results)}) + "\n")
+
+
+def flat_results(results: dict) -> dict:
+    """The headline figures under the names metrics.jsonl and the trackers use (probe_top1, knn_top1, pixels_top1…)."""
     out = {}
     if "method" in results:
         out.update(probe_top1=results["method"]["top1"], probe_top5=results["method"]["top5"],

@@ -106,6 +106,19 @@ class EvalConfig(Strict):
     knn: bool = True
     every_k_checkpoints: int = Field(0, ge=0, description="also probe every k-th checkpoint (0: only the final one)")
     baselines: list[Literal["pixels", "pca", "ppca", "random-init"]] = Field(default_factory=list)
+    num_cpus: float = Field(1.0, ge=0, description="CPUs of the Ray task that runs each probe")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs of the probe's Ray task; None: 1 when the "
+                                   "workers use GPUs (cluster.gpus_per_worker > 0), else 0")
+
+
+class TrackingConfig(Strict):
+    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="where the driver logs config, metrics, probe "
+        "results and the report: tensorboard (run_dir/tb), mlflow (bigbatch[mlflow]), wandb (bigbatch[wandb])")
+    project: str = Field("bigbatch", description="the MLflow experiment / W&B project the run goes to")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None: MLFLOW_TRACKING_URI or MLflow's default")
+    wandb_entity: str | None = Field(None, description="W&B entity (team or user); None: the login's default. "
+                                     "WANDB_MODE=offline keeps the run in run_dir/wandb for `wandb sync`")
 
 
 class RunConfig(Strict):
@@ -136,6 +149,7 @@ class RunConfig(Strict):
     gan: GANConfig = Field(default_factory=GANConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("data", mode="before")
     @classmethod

@@ -30,20 +30,17 @@ from torch import nn
 
 from data_pipeline.errors import UserInputError
 from pretrain.preprocess import MEAN, STD, Normalize
+from pretrain.run_store import is_url
 
 WEIGHTS, CONFIG, HEADS = "model.safetensors", "config.json", "heads.safetensors"
 FORMAT = 1
-
-
-def is_remote(path: str | Path) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
 
 
 @contextmanager
 def local_copy(path: str | Path) -> Iterator[Path]:
     """A run dir, checkpoint dir, state.pt or export dir as a local path: itself, or (for an fsspec URL) a temp
     copy of the files export and probe read (every checkpoint's state.pt; an export's three files)."""
-    if not is_remote(path):
+    if not is_url(path):
         yield Path(str(path).removeprefix("file://"))
         return
     import fsspec
@@ -67,7 +64,7 @@ def local_copy(path: str | Path) -> Iterator[Path]:
 
 def is_export(path: str | Path) -> bool:
     """True for a directory (local or fsspec URL) holding config.json and model.safetensors."""
-    if not is_remote(path):
+    if not is_url(path):
         return (Path(path) / CONFIG).is_file() and (Path(path) / WEIGHTS).is_file()
     import fsspec
 
@@ -123,7 +120,7 @@ def export_encoder(run: str | Path, out: str | Path, *, with_projection: bool = 
             "format": FORMAT, "method": cfg.method, "encoder": cfg.model.model_dump(include={"encoder", "small_stem", "norm"}),
             "representation": "mu" if "mu" in heads else "features", "heads": head_cfg,
             "source": {"run": cfg.name, "checkpoint": ckpt.name,
-                       "location": str(run) if is_remote(run) else str(Path(run).resolve())}},
+                       "location": str(run) if is_url(run) else str(Path(run).resolve())}},
             cfg.data.image_size)
         load_encoder(tmp)  # what was written reads back
         _replace_dir(tmp, out)

@@ -102,13 +102,44 @@ def cifar_shards(tmp_path_factory: pytest.TempPathFactory, cifar_dir: Path) -> P
     return out
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A loopback S3 server (moto's server mode on 127.0.0.1): its endpoint URL."""
+    try:
+        import boto3  # noqa: F401
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        pytest.skip(f"moto server mode unavailable: {exc}")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    try:
+        server.start()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"moto server did not start: {exc}")
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """Environment that points boto3, s3fs and pyarrow (Ray's storage) at the loopback S3 server."""
+    return {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """One embedded local Ray instance (2 CPUs) shared by every test that needs Ray."""
+    """One embedded local Ray instance shared by every test that needs Ray: 3 logical CPUs, room for the two
+    workers of a test run and the probe task beside them."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
@@ -117,12 +148,6 @@ def ray_local():
 # -- a Python that has bigbatch's dependencies but not bigbatch, and a two-node Ray cluster running on it ----------
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("data_pipeline", "pretrain", "eval", "cluster")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def venv_with_test_deps(path: Path) -> Path:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import functools
 import http.server
-import socket
 import threading
 
 import pytest
 import torch
+from conftest import s3_env
 
 from data_pipeline.manifest import load_manifest
 from data_pipeline.stream import StreamSpec, make_loader
@@ -63,35 +63,11 @@ def test_http_brace_pattern_without_manifest(digits_shards, http_root):
     assert same(batches(local_list, workers=1, world=1)[0], remote)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    try:
-        import boto3  # noqa: F401
-        from moto.server import ThreadedMotoServer
-    except ImportError as exc:
-        pytest.skip(f"moto server mode unavailable: {exc}")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    try:
-        server.start()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"moto server did not start: {exc}")
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 def test_s3_through_fsspec(digits_shards, s3_endpoint, monkeypatch):
     import boto3
     import fsspec
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": s3_endpoint}.items():
+    for k, v in s3_env(s3_endpoint).items():
         monkeypatch.setenv(k, v)
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_endpoint})
     client = boto3.client("s3", endpoint_url=s3_endpoint)

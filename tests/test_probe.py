@@ -84,8 +84,8 @@ def test_pixel_probe_on_real_digits(digits_shards):
 
 def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards):
     """A few training steps in one process, then the same probe/report path the pretraining job takes."""
-    from cluster.launch import prepare_run_dir
     from cluster.run_config import load_run_config
+    from cluster.run_dir import prepare_run_dir
     from eval.compare import run_row, table
     from eval.report import write_report
     from eval.run_probe import probe_run
@@ -94,7 +94,7 @@ def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards):
     cfg = load_run_config(None, ["model.encoder=bb_convnet_tiny", "data.image_size=16", "batch_size=64", "steps=4",
                                  "log_every=1", "cluster.workers=1", f"data.train={digits_shards['train']}",
                                  f"cluster.storage_path={tmp_path}", "name=tiny"])
-    _, run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg).local
     _, hooks = run_single_process(cfg, run_dir)
     with open(run_dir / "metrics.jsonl", "w") as f:
         for m in hooks.logs:

@@ -92,3 +92,30 @@ def test_embedded_run_never_attaches_to_another_ray(digits_shards, tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((tmp_path / "own-ray" / "train_summary.json").read_text())["final"]["step"] == 2
+
+
+def test_probe_runs_as_a_ray_task(two_node_cluster, digits_shards, tmp_path):
+    """The periodic and final probes run as Ray tasks on the cluster (not in the driver) and give exactly the
+    figures of the same probe run in this process (the probe is deterministic). The probe data are local paths:
+    every node of this one-machine cluster reads them."""
+    from eval.run_probe import probe_run
+
+    items = [i for i in _overrides(digits_shards, tmp_path, "probed") if i != "eval.probe=false"]
+    cmd = [sys.executable, "-m", "cluster.cli", "pretrain", *items, "eval.probe=true", "eval.every_k_checkpoints=1",
+           "--address", two_node_cluster["address"], "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=LOOPBACK_ENV, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = tmp_path / "probed"
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    nodes = {w["node_id"] for w in summary["workers"].values()}
+    assert len(nodes) == 2
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    periodic = [m for m in events if m.get("event") == "probe" and "where" in m]
+    assert sorted(m["step"] for m in periodic) == [3, 6]
+    probe = json.loads((run_dir / "probe.json").read_text())
+    for where in [probe["where"], *(m["where"] for m in periodic)]:
+        assert where["node_id"] in nodes and where["pid"] != summary["driver"]["pid"] and where["device"] == "cpu"
+    here = probe_run(probe["checkpoint"], str(digits_shards["train"]), str(digits_shards["holdout"]), seed=0)
+    assert here["checkpoint"] == probe["checkpoint"]
+    for key in ("top1", "top5", "knn_top1", "l2"):
+        assert here["method"][key] == probe["method"][key], key

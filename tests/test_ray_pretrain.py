@@ -94,10 +94,13 @@ def test_run_directory(reference):
     assert (run_dir / "config.yaml").exists() and list((run_dir / "tb").iterdir())
     assert len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == 2  # num_to_keep
     events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    periodic = [m for m in events if m.get("event") == "probe" and "step" in m]
-    assert [m["step"] for m in periodic] == [8, 16]  # every 2nd of the checkpoints at 4, 8, 12, 16
+    periodic = [m for m in events if m.get("event") == "probe" and "where" in m]
+    assert sorted(m["step"] for m in periodic) == [8, 16]  # every 2nd of the checkpoints at 4, 8, 12, 16
     probe = json.loads((run_dir / "probe.json").read_text())
     assert 0.3 < probe["method"]["top1"] <= 1 and probe["baselines"]["pixels"]["top1"] > 0.9
+    assert probe["step"] == STEPS and probe["checkpoint"].startswith(str(run_dir / "checkpoint_"))
+    # the probes ran as Ray tasks, not in the driver
+    assert summary["driver"]["pid"] not in {m["where"]["pid"] for m in periodic} | {probe["where"]["pid"]}
     report = (run_dir / "report.md").read_text()
     assert "this run" in report and "pixels" in report and (run_dir / "loss_curve.png").exists()
 

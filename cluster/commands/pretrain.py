@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     from cluster.launch import run_pretrain
+    from pretrain.run_store import is_url
 
     try:
         run_dir = run_pretrain(cfg, show_progress=not args.no_progress)
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"bigbatch pretrain: {exc}", file=sys.stderr)
         return 2
     print(f"run directory: {run_dir}")
+    if cfg.cluster.storage_path and is_url(cfg.cluster.storage_path):
+        print(f"stored at: {cfg.cluster.storage_path.rstrip('/')}/{run_dir.name}")
     report = run_dir / "report.md"
     if report.exists():
         print(f"report: {report}")

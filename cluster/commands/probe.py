@@ -1,4 +1,5 @@
-"""`bigbatch probe RUN_DIR|CHECKPOINT|EXPORT_DIR --train SHARDS --test SHARDS [--baseline …]`: linear probe + kNN."""
+"""`bigbatch probe RUN|CHECKPOINT|EXPORT_DIR --train SHARDS --test SHARDS [--baseline …]`: linear probe + kNN; the run,
+checkpoint or export may be a URL (s3://bucket/runs/NAME)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("probe", help="linear probe and kNN of a checkpoint's frozen features (and baselines)")
     p.add_argument("checkpoint", nargs="?", default=None,
-                   help="run directory, checkpoint dir, state.pt, or a directory written by `bigbatch export`")
+                   help="run directory, checkpoint dir, state.pt, or a directory written by `bigbatch export`; local or a URL")
     p.add_argument("--train", required=True, help="labelled training shards ('digits' for the built-in split)")
     p.add_argument("--test", required=True, help="held-out shards ('digits-holdout' for the built-in split)")
     p.add_argument("--baseline", action="append", default=[], choices=["pixels", "pca", "ppca", "random-init"])
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         res = probe_run(args.checkpoint, _source(args.train), _source(args.test), baselines=args.baseline,
                         knn=not args.no_knn, seed=args.seed, device=args.device, image_size=args.image_size,
                         encoder=args.encoder)
-    except ValueError as exc:
+    except (ValueError, OSError, ImportError) as exc:  # ImportError: no s3fs/gcsfs for the URL
         print(f"bigbatch probe: {exc}", file=sys.stderr)
         return 2
     if not args.json:

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"bigbatch submit: {exc}", file=sys.stderr)
         return 2
-    from cluster.launch import code_runtime_env
+    from cluster.ray_connect import code_runtime_env
 
     items = list(args.items)
     runtime_env: dict = code_runtime_env()
