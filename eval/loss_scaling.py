@@ -218,10 +218,8 @@ def measure(cfg: Config, timeout: float = 1800.0, memory_limit: int | None = Non
         failed = _wait_all(procs, timeout)
         if failed is not None:
             rank, why = failed
-            if rank is not None:  # the rank's last stderr line: the exception that stopped it
-                errs[rank].seek(0)
-                lines = errs[rank].read().strip().splitlines()
-                why = f"rank {rank}: {lines[-1] if lines else why}"
+            if rank is not None:  # a failed rank's last stderr line: the exception that stopped it
+                rank, why = _first_cause(procs, errs, rank, why)
             return Result(cfg, error=why, bytes_sent=bytes_sent(cfg))
         ranks = []
         for f in outs:
@@ -229,6 +227,23 @@ def measure(cfg: Config, timeout: float = 1800.0, memory_limit: int | None = Non
             ranks.append(json.loads(f.read().strip().splitlines()[-1]))
     return Result(cfg, time_s=max(o["time_s"] for o in ranks), peak_bytes=max(o["peak_bytes"] for o in ranks),
                   floor_s=next((o["floor_s"] for o in ranks if "floor_s" in o), None), bytes_sent=bytes_sent(cfg))
+
+
+# A rank whose peer died first fails inside a collective with one of these; the peer's own error is the cause.
+_PEER_LOST = ("remote worker crash", "Connection closed by peer", "Connection reset", "Broken pipe")
+
+
+def _first_cause(procs: list[subprocess.Popen], errs: list, rank: int, why: str) -> tuple[int, str]:
+    """(rank, "rank R: LAST ERROR LINE") of the failed rank whose error is its own, not a lost peer's echo."""
+    found = []
+    for r, p in enumerate(procs):
+        if p.returncode:
+            errs[r].seek(0)
+            lines = errs[r].read().strip().splitlines()
+            found.append((r, lines[-1] if lines else f"exit code {p.returncode}"))
+    own = [(r, line) for r, line in found if not any(m in line for m in _PEER_LOST)]
+    r, line = (own or found or [(rank, why)])[0]
+    return r, f"rank {r}: {line}"
 
 
 def _wait_all(procs: list[subprocess.Popen], timeout: float) -> tuple[int | None, str] | None:
@@ -242,6 +257,10 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> tuple[int | None
         if failed is None and time.monotonic() > deadline:
             failed = (None, f"timed out after {timeout:.0f} s")
         time.sleep(0.05)
+    if failed is not None and failed[0] is not None:  # the others may be failing on their own: a moment to finish
+        grace = time.monotonic() + 3.0
+        while time.monotonic() < grace and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
     failed = failed or next(((r, f"exit code {p.returncode}") for r, p in enumerate(procs) if p.returncode), None)
     for p in procs:
         if p.poll() is None:
