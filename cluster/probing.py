@@ -78,8 +78,10 @@ class ProbeTasks:
         import ray
 
         self.run = cfg.model_dump(mode="json")
+        # "DEFAULT": outside any placement group this driver runs in (a sweep's Tune trial holds a tiny one that
+        # would capture the task and could never fit it)
         self.task = ray.remote(probe_checkpoint).options(num_cpus=cfg.eval.num_cpus, num_gpus=probe_gpus(cfg),
-                                                         max_retries=0)
+                                                         max_retries=0, scheduling_strategy="DEFAULT")
         self.on_result, self.on_error = on_result, on_error
         self.pending: dict[Any, str] = {}
 

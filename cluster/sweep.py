@@ -56,7 +56,9 @@ def error_line(exc: BaseException | str | None) -> str:
     """The line of a (remote) traceback that says what went wrong: its last ``SomeError: message`` line."""
     lines = [x.strip() for x in str(exc or "unknown error").splitlines() if x.strip()]
     named = [x for x in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", x)]
-    return (named or lines or ["unknown error"])[-1][:400]
+    line = (named or lines or ["unknown error"])[-1]
+    # a user's mistake is its message alone (as the CLI prints it); anything else keeps its exception type
+    return re.sub(r"^(\w+\.)*(UserInputError|ConfigError|BadInputError|ManifestMismatch): ", "", line)[:400]
 
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
