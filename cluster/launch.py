@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -18,10 +19,12 @@ from typing import Any
 import yaml
 
 from cluster.run_config import ConfigError, dump_yaml
-from pretrain.config import RunConfig
+from pretrain.config import RunConfig, from_stored
 
 DEFAULT_STORAGE = Path(os.environ.get("BIGBATCH_RUNS", "~/bigbatch_runs")).expanduser()
-_COMPAT_SECTIONS = ("method", "batch_size", "seed", "model", "loss", "vae", "gan")
+# What a resumed run (same name) may not change without --allow-changes: what the checkpoint's model, optimiser state
+# and stream position were made for (dotted prefixes).
+RESUME_CHECKED = ("method", "batch_size", "seed", "model", "loss", "optim", "vae", "gan", "data.train", "data.image_size")
 
 
 def is_remote(path: str) -> bool:
@@ -29,12 +32,12 @@ def is_remote(path: str) -> bool:
 
 
 def default_name(cfg: RunConfig) -> str:
-    what = cfg.loss.name if cfg.method == "simclr" else (cfg.gan.loss if cfg.method == "gan" else cfg.method)
-    return f"{cfg.method}-{what}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return f"{cfg.method}-{cfg.variant}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(cfg: RunConfig) -> tuple[str, Path]:
-    """(storage path for Ray, local run dir). Writes config.yaml; on a rerun checks the config still fits."""
+def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> tuple[str, Path]:
+    """(storage path for Ray, local run dir). Writes config.yaml; a rerun of a run whose RESUME_CHECKED keys changed
+    is refused unless ``allow_changes``; any changed config goes to config-resume-N.yaml (config.yaml is kept)."""
     storage = cfg.cluster.storage_path or str(DEFAULT_STORAGE)
     if is_remote(storage):
         local = DEFAULT_STORAGE / cfg.name
@@ -43,14 +46,52 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[str, Path]:
         local = Path(storage) / cfg.name
     local.mkdir(parents=True, exist_ok=True)
     cfg_path = local / "config.yaml"
-    if cfg_path.exists():
-        old = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-        diffs = [k for k in _COMPAT_SECTIONS if getattr(old, k) != getattr(cfg, k)]
-        if diffs:
-            raise ConfigError(f"run {cfg.name!r} exists in {local} with a different {', '.join(diffs)}: "
-                              "resume it with its own config, or pick another name")
-    cfg_path.write_text(dump_yaml(cfg))
+    if not cfg_path.exists():
+        _write_atomic(cfg_path, dump_yaml(cfg))
+        return storage, local
+    try:
+        old = from_stored(yaml.safe_load(cfg_path.read_text()))
+    except (yaml.YAMLError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{cfg_path}: not a readable bigbatch config ({' '.join(str(exc).split())[:300]}); "
+                          "pick another run name") from exc
+    changed = changed_keys(old, cfg)
+    if not changed:
+        return storage, local
+    shown = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changed.items())
+    refused = [k for k in changed if any(k == c or k.startswith(c + ".") for c in RESUME_CHECKED)]
+    if refused and not allow_changes:
+        raise ConfigError(f"run {cfg.name!r} in {local} was started with another config ({shown}): resume it with "
+                          "its own config, pick another name, or pass --allow-changes")
+    n = 1 + len(list(local.glob("config-resume-*.yaml")))
+    _write_atomic(local / f"config-resume-{n}.yaml", dump_yaml(cfg))
+    print(f"bigbatch: run {cfg.name!r} continues with changed {shown}; config.yaml keeps the original config, "
+          f"the new one is config-resume-{n}.yaml", file=sys.stderr)
     return storage, local
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Dotted key → (old, new) for every value that differs between two configs (the run name aside)."""
+    a, b = _flat(old.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) and k != "name"}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -69,27 +110,32 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
         import pretrain
         ray.init(address=address, runtime_env={"py_modules": [data_pipeline, pretrain, eval_pkg, cluster]})
     else:
-        # An embedded instance serves this machine only: bind it to the loopback interface. address="local"
-        # always starts a new instance: without it ray.init() attaches to whatever Ray was started last on
-        # this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
+        # address="local" always starts a new instance: without it ray.init() attaches to whatever Ray was started
+        # last on this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it. No dashboard: its head
+        # process then runs without a listener. Every listener on 127.0.0.1: cluster/loopback.py.
+        from cluster.loopback import loopback_only
+        with loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
 
 
 def build_trainer(cfg: RunConfig, storage: str, progress: Any):
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
+    from cluster.loopback import LoopbackTorchConfig
+    from cluster.ray_failures import FailFastTorchTrainer
     from pretrain.train_loop import train_func
 
     c = cfg.cluster
     use_gpu = c.gpus_per_worker > 0
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if use_gpu else {})}
-    return TorchTrainer(
+    return FailFastTorchTrainer(  # a user error in a worker ends the run at once (no retries)
         train_func,
         train_loop_config={"run": cfg.model_dump(mode="json"), "progress": progress},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # embedded: every worker on this machine, rendezvous without a TCPStore on all interfaces
+        torch_config=(TorchConfig if c.address else LoopbackTorchConfig)(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RayRunConfig(
             name=cfg.name, storage_path=storage,
@@ -99,7 +145,20 @@ def build_trainer(cfg: RunConfig, storage: str, progress: Any):
     )
 
 
-def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | None = None) -> Path:
+def check_data(cfg: RunConfig, probe: bool) -> None:
+    """Read the manifests of the training (and probe) shards before Ray starts: a wrong path fails now, naming it.
+    The built-in digits are written here once, before workers race for them."""
+    from data_pipeline.stream import load_source
+
+    sources = [cfg.data.train]
+    if probe:
+        sources += probe_sources(cfg) or ()
+    for source in dict.fromkeys(sources):
+        load_source(source)
+
+
+def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | None = None,
+                 allow_changes: bool = False) -> Path:
     """Train with Ray Train, then probe and report. Returns the local run directory."""
     import ray
 
@@ -107,10 +166,9 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
 
     if cfg.name is None:
         cfg = cfg.model_copy(update={"name": default_name(cfg)})
-    storage, run_dir = prepare_run_dir(cfg)
-    if cfg.data.train == "digits":  # write the built-in shards once, before workers race for them
-        from data_pipeline.builtin import ensure_digits
-        ensure_digits()
+    probe = cfg.eval.probe if probe is None else probe
+    check_data(cfg, probe)
+    storage, run_dir = prepare_run_dir(cfg, allow_changes)
     connect_ray(cfg.cluster.address)
     progress = ProgressActor.remote()
     trainer = build_trainer(cfg, storage, progress)
@@ -145,16 +203,16 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
     sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
     sink.close()
     ray.kill(progress)
-    if "error" in outcome:
-        raise outcome["error"]
+    error = outcome.get("error") or getattr(outcome.get("result"), "error", None)
+    if error is not None:
+        from cluster.ray_failures import user_error_of
+        raise (user_error_of(error) or error)  # a worker's user error as itself: one line in the CLI
     result = outcome["result"]
-    if getattr(result, "error", None):
-        raise result.error
     ckpt_dir = _local_checkpoint(result, run_dir)
     _collect_artifacts(run_dir, [ckpt_dir / "artifacts"])
     summary["checkpoint"] = str(ckpt_dir)
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    if probe if probe is not None else cfg.eval.probe:
+    if probe:
         _probe(cfg, run_dir, ckpt_dir)
     _report(run_dir)
     return run_dir

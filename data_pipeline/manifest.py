@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.errors import UserInputError
+
 FORMAT = "bigbatch-shards/1"
 MANIFEST = "manifest.json"
 
@@ -90,9 +92,12 @@ def load_manifest(location: str | Path) -> Manifest:
     if not loc.endswith(".json"):
         loc = join_url(loc, MANIFEST)
     with fsspec.open(loc, "rb") as f:
-        data = json.loads(f.read())
+        raw = f.read()
     base = posixpath.dirname(loc) if _is_url(loc) else str(Path(loc).parent)
-    return Manifest.from_json(data, base_url=base)
+    try:
+        return Manifest.from_json(json.loads(raw), base_url=base)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserInputError(f"{loc}: not a valid bigbatch manifest ({type(exc).__name__}: {exc})") from exc
 
 
 def expand_urls(source: str | list[str]) -> list[str]:

@@ -7,20 +7,34 @@ from pathlib import Path
 
 import yaml
 
+from data_pipeline.errors import UserInputError
+from pretrain.config import from_stored
+
 
 def run_row(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
-        raise ValueError(f"{run_dir}: not a bigbatch run directory (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text())
-    summary = json.loads((run_dir / "train_summary.json").read_text()) if (run_dir / "train_summary.json").exists() else {}
-    probe = json.loads((run_dir / "probe.json").read_text()) if (run_dir / "probe.json").exists() else {}
+        raise UserInputError(f"{run_dir}: not a bigbatch run directory (no config.yaml)")
+    try:
+        cfg = from_stored(yaml.safe_load(cfg_path.read_text()))
+    except (yaml.YAMLError, ValueError, AttributeError) as exc:
+        raise UserInputError(f"{cfg_path}: not a readable bigbatch config: {' '.join(str(exc).split())}") from exc
+    summary, probe = _read_json(run_dir / "train_summary.json"), _read_json(run_dir / "probe.json")
     m = probe.get("method", {})
-    what = {"simclr": cfg["loss"]["name"], "gan": cfg["gan"]["loss"], "vae": cfg["vae"]["likelihood"]}[cfg["method"]]
-    return {"run": run_dir.name, "method": cfg["method"], "loss": what, "batch": cfg["batch_size"],
+    return {"run": run_dir.name, "method": cfg.method, "loss": cfg.variant, "batch": cfg.batch_size,
             "steps": summary.get("final", {}).get("step"), "time_s": summary.get("wall_time_s"),
             "probe_top1": m.get("top1"), "knn_top1": m.get("knn_top1")}
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when the file does not exist (the run stopped before writing it)."""
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserInputError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def table(rows: list[dict]) -> str:

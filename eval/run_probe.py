@@ -63,12 +63,13 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
     small_stem, norm = True, "batch"
     if checkpoint is not None:
         from pretrain.checkpoint import find_latest_checkpoint, load_method
+        checkpoint = find_latest_checkpoint(Path(checkpoint))  # the newest readable one, said once
         method, cfg = load_method(checkpoint, device=device)
         image_size = image_size or cfg.data.image_size
         encoder, small_stem, norm = encoder or cfg.model.encoder, cfg.model.small_stem, cfg.model.norm
         xtr, ytr = extract_features(method.represent, train_source, image_size, device=device)
         xte, yte = extract_features(method.represent, test_source, image_size, device=device)
-        results["checkpoint"] = str(find_latest_checkpoint(Path(checkpoint)))
+        results["checkpoint"] = str(checkpoint)
         results["method"] = evaluate_features(xtr, ytr, xte, yte, knn=knn, seed=seed, device=device)
     if image_size is None:
         raise ValueError("image_size is needed when probing baselines without a checkpoint")

@@ -8,10 +8,14 @@ so data-parallel and single-process runs give the same numbers on CPU).
 
 from __future__ import annotations
 
+import difflib
+
 import timm
 import torch
 from timm.models import register_model
 from torch import nn
+
+from data_pipeline.errors import UserInputError
 
 _DEFAULT_CFG = {"num_classes": 0, "input_size": (3, 32, 32)}
 
@@ -92,6 +96,16 @@ def _small_stem(model: nn.Module) -> nn.Module:
     return model
 
 
+def is_encoder(name: str) -> bool:
+    """Whether ``name`` is a model in timm's registry (bigbatch's bb_* included)."""
+    return timm.is_model(name)
+
+
+def close_encoder_names(name: str, n: int = 5) -> list[str]:
+    """Registered model names closest to ``name`` (difflib ratio), for an unknown-encoder message."""
+    return difflib.get_close_matches(name, timm.list_models(), n=n, cutoff=0.6)
+
+
 def create_encoder(name: str = "resnet18", *, small_stem: bool = False, norm: str = "batch",
                    in_chans: int = 3) -> nn.Module:
     """A timm backbone with its classifier removed: forward(x) -> [B, model.num_features]."""
@@ -102,10 +116,10 @@ def create_encoder(name: str = "resnet18", *, small_stem: bool = False, norm: st
         kwargs["norm_layer"] = lambda c, **_: _norm_layer("group", c)
     elif norm != "batch":
         raise ValueError(f"norm={norm!r} is only available for bb_* encoders; timm models take batch|group")
-    try:
-        model = timm.create_model(name, **kwargs)
-    except RuntimeError as exc:  # timm: "Unknown model (...)"
-        raise ValueError(f"unknown encoder {name!r}: {exc}") from exc
+    if not is_encoder(name):
+        near = close_encoder_names(name)
+        raise UserInputError(f"unknown encoder {name!r}" + (f"; close matches: {', '.join(near)}" if near else ""))
+    model = timm.create_model(name, **kwargs)
     if small_stem and not name.startswith("bb_"):
         model = _small_stem(model)
     return model

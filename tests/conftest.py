@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+import cluster  # noqa: F401  (sets RAY_TRAIN_V2_ENABLED, as for the CLI)
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_ARCHIVE = Path(os.environ.get("BIGBATCH_CIFAR_ARCHIVE", SHARED_DATA / "cifar10-train.tar.gz"))
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
 def unpack_cifar(dest: Path, per_class: int) -> Path:
@@ -66,8 +67,8 @@ def ray_local():
     """One embedded local Ray instance (2 CPUs) shared by every test that needs Ray."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
+    from cluster.launch import connect_ray
+
+    connect_ray(None, num_cpus=2)  # as an embedded run starts it
     yield ray
     ray.shutdown()

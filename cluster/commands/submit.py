@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.errors import UserInputError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".venv", ".git", "**/__pycache__", "*.egg-info", "runs", "bigbatch_runs", ".pytest_cache", "*.tar"]
 
@@ -25,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env (repeatable)")
     p.add_argument("--wait", action="store_true", help="wait for the job, print its logs, exit with its status")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait")
+    p.add_argument("--allow-changes", action="store_true", help="passed to the job's `bigbatch pretrain`")
     p.add_argument("--connect-timeout", type=float, default=120.0,
                    help="seconds to keep retrying while the cluster is not yet ready to take jobs")
     p.set_defaults(func=run)
@@ -59,22 +62,21 @@ def submit_when_ready(make_client: Callable[[], Any], entry: str, runtime_env: d
 
 def run(args: argparse.Namespace) -> int:
     from cluster.commands.pretrain import split_items
-    from cluster.run_config import ConfigError, load_run_config
+    from cluster.run_config import load_run_config
 
     config, overrides = split_items(args.items)
-    try:  # validate locally: a bad key fails here, not on the cluster
-        load_run_config(config, overrides)
-    except ConfigError as exc:
-        print(f"bigbatch submit: {exc}", file=sys.stderr)
-        return 2
-    items = list(args.items)
+    load_run_config(config, overrides)  # validate locally: a bad key fails here, not on the cluster
+    items = list(overrides)
     if config and Path(config).is_file():  # ship the config inside the working dir, relative to it
         try:
-            items[0] = str(Path(config).resolve().relative_to(PROJECT_ROOT))
+            config = str(Path(config).resolve().relative_to(PROJECT_ROOT))
         except ValueError:
-            print(f"bigbatch submit: {config} must lie inside the project directory {PROJECT_ROOT} "
-                  "(it is uploaded as the job's working directory)", file=sys.stderr)
-            return 2
+            raise UserInputError(f"{config} must lie inside the project directory {PROJECT_ROOT} (it is uploaded as "
+                                 "the job's working directory)") from None
+    if config:
+        items.insert(0, config)
+    if args.allow_changes:
+        items.append("--allow-changes")
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     runtime_env: dict = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES}
@@ -84,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
         client, job_id = submit_when_ready(lambda: JobSubmissionClient(args.address), entrypoint(items),
                                            runtime_env, args.connect_timeout)
     except (RuntimeError, ConnectionError) as exc:
-        print(f"bigbatch submit: the Jobs API at {args.address} did not take the job within "
-              f"{args.connect_timeout:.0f} s: {exc}", file=sys.stderr)
-        return 1
+        raise UserInputError(f"the Jobs API at {args.address} did not take the job within {args.connect_timeout:.0f} s: "
+                             f"{' '.join(str(exc).split())[:300]}") from exc
     print(f"submitted job {job_id} to {args.address}")
     print(f"  follow: ray job logs --address {args.address} --follow {job_id}")
     if not args.wait:
