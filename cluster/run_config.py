@@ -94,7 +94,7 @@ def load_run_config(config: str | None = None, overrides: list[str] | tuple[str,
     """The validated config: CONFIG (a preset name or YAML file; default: the default preset) ← KEY=VALUE overrides.
 
     An override of ``steps`` replaces the file's ``epochs`` and vice versa (both in one source are an error); an
-    override of ``method`` drops the file's sections that the new method does not use."""
+    override of ``method`` (``loss.name``) drops the file's sections (loss settings) that the new one does not use."""
     tree: dict[str, Any] = {}
     source = "built-in default"
     if config is None and (PRESET_DIR / "default.yaml").is_file():
@@ -114,11 +114,14 @@ def load_run_config(config: str | None = None, overrides: list[str] | tuple[str,
     for length, other in (("steps", "epochs"), ("epochs", "steps")):
         if (length,) in given and (other,) not in given:
             tree.pop(other, None)
-    if ("method",) in given:  # the file's sections of another method no longer apply
-        method = next(v for (p, v), _ in parsed if p == ["method"])
+    overridden = {tuple(p): v for (p, v), _ in parsed}
+    if ("method",) in overridden:  # the file's sections of another method no longer apply
         for section, methods in METHOD_SECTIONS.items():
-            if method not in methods and not any(p[0] == section for p in given):
+            if overridden[("method",)] not in methods and not any(p[0] == section for p in given):
                 tree.pop(section, None)
+    new_loss = LOSSES.get(overridden.get(("loss", "name")))
+    if new_loss is not None and isinstance(tree.get("loss"), dict):  # keep the file's settings the new loss uses
+        tree["loss"] = {k: v for k, v in tree["loss"].items() if k in new_loss.model_fields}
     for (path_parts, value), item in parsed:
         _set(tree, path_parts, value, item)
     if overrides:

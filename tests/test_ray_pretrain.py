@@ -140,5 +140,5 @@ def test_stopped_run_resumes_by_name(reference, digits_shards):
 def test_rerun_with_other_model_is_refused(reference, digits_shards):
     from cluster.run_config import ConfigError
     tmp, _, _ = reference
-    with pytest.raises(ConfigError, match="different model"):
+    with pytest.raises(ConfigError, match=r"model.proj_dim: 32 → 16.*--allow-changes"):
         run_pretrain(_cfg(tmp, "reference", digits_shards, "model.proj_dim=16"), show_progress=False)

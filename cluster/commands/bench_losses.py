@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from data_pipeline.errors import UserInputError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("losses", help="O(B²) vs O(B) losses: time, peak memory, bytes sent vs batch size")
@@ -28,8 +30,7 @@ def run(args: argparse.Namespace) -> int:
     losses = args.losses or list(LOSSES)
     unknown = [x for x in losses if x not in LOSSES]
     if unknown:
-        print(f"bigbatch bench losses: unknown loss {unknown[0]!r} (choose from {', '.join(LOSSES)})")
-        return 2
+        raise UserInputError(f"--losses: unknown loss {unknown[0]!r} (choose from {', '.join(LOSSES)})")
     caps = {name: args.max_quadratic for name in QUADRATIC} if args.max_quadratic else None
     if not args.json:
         print(f"d={args.dim}, world size {args.world_size}, torch threads {os.cpu_count()}; each configuration in its own process")
