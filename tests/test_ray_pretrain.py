@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from cluster.launch import run_pretrain
 from cluster.run_config import load_run_config
@@ -142,3 +147,53 @@ def test_rerun_with_other_model_is_refused(reference, digits_shards):
     tmp, _, _ = reference
     with pytest.raises(ConfigError, match=r"model.proj_dim: 32 → 16.*--allow-changes"):
         run_pretrain(_cfg(tmp, "reference", digits_shards, "model.proj_dim=16"), show_progress=False)
+
+
+def _zero_images(shard: Path) -> None:
+    """Overwrite every image of a shard with zeros in place: undecodable samples, same size and members."""
+    with tarfile.open(shard) as tar:
+        spans = [(m.offset_data, m.size) for m in tar.getmembers() if m.name.endswith(".png")]
+    with open(shard, "r+b") as f:
+        for offset, size in spans:
+            f.seek(offset)
+            f.write(b"\0" * size)
+
+
+def test_bad_shards_end_the_run_at_once_with_exit_2(digits_shards, tmp_path):
+    """A deterministic error in a worker (too many bad samples) is not retried: `bigbatch pretrain` exits 2 at the
+    first failure with bigbatch's one-line message naming the shard, not Ray's WorkerGroupError traceback."""
+    shards = tmp_path / "shards"
+    shutil.copytree(digits_shards["train"], shards)
+    bad = sorted(shards.glob("*.tar"))[0]
+    _zero_images(bad)
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "pretrain", f"data.train={shards}", "steps=8",
+                          "batch_size=32", "model.encoder=bb_convnet_tiny", "data.image_size=16", "eval.probe=false",
+                          "cluster.max_failures=2", f"cluster.storage_path={tmp_path}", "--name", "bad", "--no-progress"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "BIGBATCH_DEBUG": ""})
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "WorkerGroupError" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("bigbatch pretrain: ") and "exceed max_bad_fraction" in last and bad.name in last, last
+    events = [json.loads(x) for x in (tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()]
+    end = next(m for m in events if m.get("event") == "end")
+    assert end["restarts"] == 0  # max_failures=2, yet the worker group ran once
+
+
+def test_a_refused_checkpoint_on_resume_ends_the_run_at_once(ray_local, digits_shards, tmp_path):
+    """A resumed run whose checkpoint holds a pickled object (refused by weights_only) stops at the first attempt
+    with the CheckpointError naming the file."""
+    from pretrain.checkpoint import CheckpointError
+
+    run_dir = run_pretrain(_cfg(tmp_path, "poisoned", digits_shards, "steps=4"), show_progress=False)
+    latest = max((d for d in run_dir.glob("checkpoint_*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    torch.save({"torch": _Pickled()}, latest / "rng-rank0.pt")
+    with pytest.raises(CheckpointError, match=r"rng-rank0\.pt: cannot be loaded as a weights-only") as exc:
+        run_pretrain(_cfg(tmp_path, "poisoned", digits_shards, "steps=8", "cluster.max_failures=2"),
+                     show_progress=False)
+    assert latest.name in str(exc.value)
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["restarts"] for m in events if m.get("event") == "end"] == [0, 0]
+
+
+class _Pickled:
+    """Any pickled object: a checkpoint must hold tensors, numbers, strings, lists and dicts only."""
