@@ -8,12 +8,9 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("cluster.launch")
-pytest.importorskip("data_pipeline.stream")
+from generative_utils import digits_uint8, pixel_frechet
 
-from generative_utils import digits_uint8, pixel_frechet  # noqa: E402
-
-from pretrain.config import RunConfig  # noqa: E402
+from pretrain.config import RunConfig
 
 pytestmark = pytest.mark.slow
 

@@ -112,11 +112,20 @@ class FixedLoader:
                    "label": torch.zeros(n, dtype=torch.long), "key": [""] * n}
 
 
+def _fixed_loader(self, epoch, start_batch):
+    return FixedLoader(self.rank, self.world_size)
+
+
+def _worker_trajectory(rank, world, port, loss_name, out):
+    """A spawned process of its own: replacing the Trainer's loader there lasts as long as that process."""
+    Trainer._loader = _fixed_loader
+    _trajectory(rank, world, port, loss_name, out)
+
+
 def _trajectory(rank, world, port, loss_name, out):
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    Trainer._loader = lambda self, epoch, start_batch: FixedLoader(self.rank, self.world_size)
     cfg = load_run_config(None, [*TINY, "model.norm=group", "data.train=fixed", f"batch_size={GLOBAL}",
                                  f"steps={STEPS}", "log_every=1", "checkpoint_every=1000",
                                  f"cluster.workers={world}", f"loss.name={loss_name}", "optim.name=adamw",
@@ -140,13 +149,14 @@ def _free_port():
 
 
 @pytest.mark.parametrize("loss_name", ["ranking", "spectral"])
-def test_two_workers_match_one(loss_name):
+def test_two_workers_match_one(loss_name, monkeypatch):
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
+    monkeypatch.setattr(Trainer, "_loader", _fixed_loader)  # undone after the test: later Trainers read real data
     _trajectory(0, 1, 0, loss_name, out)
     single = out.get()
     port = _free_port()
-    procs = [ctx.Process(target=_trajectory, args=(r, 2, port, loss_name, out)) for r in range(2)]
+    procs = [ctx.Process(target=_worker_trajectory, args=(r, 2, port, loss_name, out)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
