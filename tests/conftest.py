@@ -72,3 +72,27 @@ def ray_local():
     connect_ray(None, num_cpus=2)  # as an embedded run starts it
     yield ray
     ray.shutdown()
+
+
+def zero_images(shard: Path, count: int | None = None) -> list[str]:
+    """Overwrite the first ``count`` images (all: None) of a shard with zeros in place: undecodable samples in a
+    shard of unchanged size and members. Returns their keys."""
+    with tarfile.open(shard) as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith(".png")][:count]
+    with open(shard, "r+b") as f:
+        for m in members:
+            f.seek(m.offset_data)
+            f.write(b"\0" * m.size)
+    return [m.name.rsplit(".", 1)[0] for m in members]
+
+
+@pytest.fixture(scope="session")
+def small_bad_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A fifth of the digits (≈ 360 samples, a few steps per epoch) in shards of 64, two of whose images do not
+    decode: {'train': dir, 'bad': [keys]}."""
+    from data_pipeline.writer import write_shards
+
+    out = tmp_path_factory.mktemp("small_bad_shards")
+    write_shards("digits", out / "train", shard_size=64, holdout=0.8, holdout_dir=out / "rest", seed=0)
+    bad = zero_images(sorted((out / "train").glob("*.tar"))[1], 2)
+    return {"train": out / "train", "bad": bad}

@@ -82,7 +82,7 @@ def test_pixel_probe_on_real_digits(digits_shards):
     assert res["baselines"]["pixels"]["n_test"] + res["baselines"]["pixels"]["n_train"] == 1797
 
 
-def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards):
+def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards, capsys):
     """A few training steps in one process, then the same probe/report path the pretraining job takes."""
     from cluster.launch import prepare_run_dir
     from cluster.run_config import load_run_config
@@ -111,6 +111,17 @@ def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards):
     with pytest.raises(ValueError, match="not a bigbatch run directory"):
         run_row(tmp_path)
     assert torch.isfinite(torch.tensor(res["method"]["knn_top1"]))
+    # the same through the CLI: `bigbatch probe RUN … --json` and `bigbatch compare RUN --json`
+    from cluster.cli import main
+
+    capsys.readouterr()
+    assert main(["probe", str(run_dir), "--train", str(digits_shards["train"]), "--test",
+                 str(digits_shards["holdout"]), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli["checkpoint"] == res["checkpoint"] and cli["method"]["top1"] == res["method"]["top1"]
+    assert main(["compare", str(run_dir), str(run_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [row, row] and row["method"] == "simclr" and row["loss"] == "ranking"
 
 
 def test_knn_temperature_changes_the_vote():

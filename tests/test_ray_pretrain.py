@@ -9,13 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import zero_images
 
 from cluster.launch import run_pretrain
 from cluster.run_config import load_run_config
@@ -25,10 +25,11 @@ pytestmark = pytest.mark.slow
 STEPS = 16
 
 
-def _cfg(tmp: Path, name: str, digits_shards, *extra: str):
+def _cfg(tmp: Path, name: str, shards, *extra: str):
+    """A fifth of the digits with two undecodable images (small_bad_shards): 16 steps cross two epoch boundaries."""
     return load_run_config(None, [
         "model.encoder=bb_convnet_tiny", "model.proj_hidden=64", "model.proj_dim=32", "data.image_size=32",
-        f"data.train={digits_shards['train']}", "batch_size=64", f"steps={STEPS}", "log_every=1",
+        f"data.train={shards['train']}", "data.max_bad_fraction=0.05", "batch_size=64", f"steps={STEPS}", "log_every=1",
         "checkpoint_every=4", "eval.probe=false", "deterministic=true", f"cluster.storage_path={tmp}",
         f"name={name}", *extra])
 
@@ -81,10 +82,11 @@ def _run_in_thread(cfg):
 
 
 @pytest.fixture(scope="module")
-def reference(ray_local, tmp_path_factory, digits_shards):
+def reference(ray_local, tmp_path_factory, small_bad_shards, digits_shards):
     tmp = tmp_path_factory.mktemp("ray_runs")
-    cfg = _cfg(tmp, "reference", digits_shards, "eval.probe=true", "eval.every_k_checkpoints=2",
-               f"data.probe_test={digits_shards['holdout']}", "eval.baselines=[pixels]")
+    cfg = _cfg(tmp, "reference", small_bad_shards, "eval.probe=true", "eval.every_k_checkpoints=2",
+               f"data.probe_train={digits_shards['train']}", f"data.probe_test={digits_shards['holdout']}",
+               "eval.baselines=[pixels]")
     run_dir = run_pretrain(cfg, show_progress=False)
     return tmp, run_dir, _losses(run_dir)
 
@@ -107,9 +109,28 @@ def test_run_directory(reference):
     assert "this run" in report and "pixels" in report and (run_dir / "loss_curve.png").exists()
 
 
-def test_killed_worker_is_restarted_from_checkpoint(reference, digits_shards):
+def test_metrics_count_bad_repeated_and_dropped_samples_per_epoch(reference, small_bad_shards):
+    """metrics.jsonl at the last step of each epoch: the two undecodable samples, the plan's repeated samples (the
+    last batches filled up) plus the two substitutes, the plan's dropped ones; summed over both workers."""
+    from data_pipeline.stream import load_source, plan_for
+    from pretrain.trainer import stream_spec
+
+    _, run_dir, _ = reference
+    cfg = _cfg(run_dir.parent, "reference", small_bad_shards)
+    spec = stream_spec(cfg, 2, num_views=2)
+    logs = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+    for epoch in (0, 1):
+        plan = plan_for(spec, load_source(spec.source), 2, epoch)
+        last = max((m for m in logs if m["epoch"] == epoch), key=lambda m: m["step"])
+        assert last["step"] == plan.steps * (epoch + 1)
+        assert (last["epoch_bad_samples"], last["epoch_repeated_samples"], last["epoch_dropped_samples"]) == \
+            (2, plan.repeated + 2, plan.dropped), last
+    assert plan.repeated > 0
+
+
+def test_killed_worker_is_restarted_from_checkpoint(reference, small_bad_shards):
     tmp, _, ref = reference
-    cfg = _cfg(tmp, "killed", digits_shards, "cluster.max_failures=2")
+    cfg = _cfg(tmp, "killed", small_bad_shards, "cluster.max_failures=2")
     thread, box = _run_in_thread(cfg)
     _kill_worker_when(tmp / "killed", min_step=6, rank=1)
     thread.join(600)
@@ -124,13 +145,13 @@ def test_killed_worker_is_restarted_from_checkpoint(reference, digits_shards):
         assert loss == pytest.approx(ref[s], rel=1e-4, abs=1e-5), s
 
 
-def test_stopped_run_resumes_by_name(reference, digits_shards):
+def test_stopped_run_resumes_by_name(reference, small_bad_shards):
     tmp, _, ref = reference
-    thread, box = _run_in_thread(_cfg(tmp, "stopped", digits_shards, "cluster.max_failures=0"))
+    thread, box = _run_in_thread(_cfg(tmp, "stopped", small_bad_shards, "cluster.max_failures=0"))
     _kill_worker_when(tmp / "stopped", min_step=6, rank=0)
     thread.join(600)
     assert "error" in box  # no retries allowed: the run stops
-    run_dir = run_pretrain(_cfg(tmp, "stopped", digits_shards), show_progress=False)  # rerun the same name
+    run_dir = run_pretrain(_cfg(tmp, "stopped", small_bad_shards), show_progress=False)  # rerun the same name
     summary = json.loads((run_dir / "train_summary.json").read_text())
     resumed_at = summary["resumed_at_steps"][0]
     assert resumed_at >= 4 and summary["final"]["step"] == STEPS
@@ -142,21 +163,11 @@ def test_stopped_run_resumes_by_name(reference, digits_shards):
         assert loss == pytest.approx(ref[s], rel=1e-4, abs=1e-5), s
 
 
-def test_rerun_with_other_model_is_refused(reference, digits_shards):
+def test_rerun_with_other_model_is_refused(reference, small_bad_shards):
     from cluster.run_config import ConfigError
     tmp, _, _ = reference
     with pytest.raises(ConfigError, match=r"model.proj_dim: 32 → 16.*--allow-changes"):
-        run_pretrain(_cfg(tmp, "reference", digits_shards, "model.proj_dim=16"), show_progress=False)
-
-
-def _zero_images(shard: Path) -> None:
-    """Overwrite every image of a shard with zeros in place: undecodable samples, same size and members."""
-    with tarfile.open(shard) as tar:
-        spans = [(m.offset_data, m.size) for m in tar.getmembers() if m.name.endswith(".png")]
-    with open(shard, "r+b") as f:
-        for offset, size in spans:
-            f.seek(offset)
-            f.write(b"\0" * size)
+        run_pretrain(_cfg(tmp, "reference", small_bad_shards, "model.proj_dim=16"), show_progress=False)
 
 
 def test_bad_shards_end_the_run_at_once_with_exit_2(digits_shards, tmp_path):
@@ -165,7 +176,7 @@ def test_bad_shards_end_the_run_at_once_with_exit_2(digits_shards, tmp_path):
     shards = tmp_path / "shards"
     shutil.copytree(digits_shards["train"], shards)
     bad = sorted(shards.glob("*.tar"))[0]
-    _zero_images(bad)
+    zero_images(bad)
     out = subprocess.run([sys.executable, "-m", "cluster.cli", "pretrain", f"data.train={shards}", "steps=8",
                           "batch_size=32", "model.encoder=bb_convnet_tiny", "data.image_size=16", "eval.probe=false",
                           "cluster.max_failures=2", f"cluster.storage_path={tmp_path}", "--name", "bad", "--no-progress"],
@@ -179,16 +190,16 @@ def test_bad_shards_end_the_run_at_once_with_exit_2(digits_shards, tmp_path):
     assert end["restarts"] == 0  # max_failures=2, yet the worker group ran once
 
 
-def test_a_refused_checkpoint_on_resume_ends_the_run_at_once(ray_local, digits_shards, tmp_path):
+def test_a_refused_checkpoint_on_resume_ends_the_run_at_once(ray_local, small_bad_shards, tmp_path):
     """A resumed run whose checkpoint holds a pickled object (refused by weights_only) stops at the first attempt
     with the CheckpointError naming the file."""
     from pretrain.checkpoint import CheckpointError
 
-    run_dir = run_pretrain(_cfg(tmp_path, "poisoned", digits_shards, "steps=4"), show_progress=False)
+    run_dir = run_pretrain(_cfg(tmp_path, "poisoned", small_bad_shards, "steps=4"), show_progress=False)
     latest = max((d for d in run_dir.glob("checkpoint_*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
     torch.save({"torch": _Pickled()}, latest / "rng-rank0.pt")
     with pytest.raises(CheckpointError, match=r"rng-rank0\.pt: cannot be loaded as a weights-only") as exc:
-        run_pretrain(_cfg(tmp_path, "poisoned", digits_shards, "steps=8", "cluster.max_failures=2"),
+        run_pretrain(_cfg(tmp_path, "poisoned", small_bad_shards, "steps=8", "cluster.max_failures=2"),
                      show_progress=False)
     assert latest.name in str(exc.value)
     events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -48,6 +48,36 @@ def test_resumed_run_matches_uninterrupted(tmp_path, digits_shards):
     assert full_loss[8] != pytest.approx(full_loss[1])  # it trains
 
 
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_resume_across_an_epoch_boundary_and_the_epochs_counts(tmp_path, small_bad_shards, offset):
+    """Killed right after the checkpoint of the last-but-one / last step of epoch 0 or the first of epoch 1: the
+    resumed run crosses into epoch 1 with the uninterrupted run's losses. The counts logged at the end of epoch 0
+    are the plan's: 2 undecodable samples, the plan's repeated samples plus the 2 substitutes, nothing dropped."""
+    from data_pipeline.stream import load_source, plan_for
+
+    cfg = load_run_config(None, [*TINY, f"data.train={small_bad_shards['train']}", "batch_size=64",
+                                 "data.max_bad_fraction=0.05", "log_every=1", "checkpoint_every=1",
+                                 "cluster.workers=1", "deterministic=true", "steps=1"])
+    probe = Trainer(cfg, rank=0, world_size=1, device=torch.device("cpu"), hooks=LocalHooks(tmp_path / "p"))
+    spe, plan = probe.steps_per_epoch, plan_for(probe.spec, load_source(probe.spec.source), 1, 0)
+    cfg = cfg.model_copy(update={"steps": spe + 2})
+    _, full = run_single_process(cfg, tmp_path / "full")
+    end0 = next(m for m in full.logs if m["step"] == spe)
+    assert end0["epoch"] == 0 and full.logs[-1]["epoch"] == 1
+    assert (end0["epoch_bad_samples"], end0["epoch_repeated_samples"], end0["epoch_dropped_samples"]) == \
+        (len(small_bad_shards["bad"]), plan.repeated + len(small_bad_shards["bad"]), plan.dropped)
+    assert plan.repeated > 0  # the epoch's last batch is filled up: the count is not vacuous
+    cut = spe + offset
+    with pytest.raises(Crash):
+        Trainer(cfg, rank=0, world_size=1, device=torch.device("cpu"), hooks=CrashAfter(tmp_path / "cut", cut)).fit()
+    _, resumed = run_single_process(cfg, tmp_path / "cut")
+    full_loss = {m["step"]: m["loss"] for m in full.logs}
+    resumed_loss = {m["step"]: m["loss"] for m in resumed.logs}
+    assert sorted(resumed_loss) == list(range(cut + 1, spe + 3))
+    for s, loss in resumed_loss.items():
+        assert loss == pytest.approx(full_loss[s], rel=1e-5, abs=1e-6), s
+
+
 def test_cpu_trainer_flushes_denormals(tmp_path, digits_shards):
     """Denormal floats (|x| < 1.2e-38) are flushed to zero on CPU: they make x86 backward passes ~100x slower."""
     torch.set_flush_denormal(False)
