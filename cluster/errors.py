@@ -37,6 +37,8 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         where = exc.filename if exc.filename2 is None else f"{exc.filename} → {exc.filename2}"
         text = f"{where}: {exc.strerror}"
+    elif isinstance(exc, FileNotFoundError) and text and not any(c.isspace() for c in text.strip()):
+        text = f"{text.strip()}: no such file, or it cannot be reached"  # fsspec names only the path or URL
     elif _WRAPPED.match(text):
         last = text.rstrip().splitlines()[-1]  # "pkg.module.ClassName: message"
         text = last.split(": ", 1)[1] if ": " in last else last

@@ -147,9 +147,14 @@ def build_trainer(cfg: RunConfig, storage: str, progress: Any):
 
 def check_data(cfg: RunConfig, probe: bool) -> None:
     """Read the manifests of the training (and probe) shards before Ray starts: a wrong path fails now, naming it.
-    The built-in digits are written here once, before workers race for them."""
+    The built-in digits are written here once, before workers race for them. On an existing cluster the workers'
+    files may not be visible here: they check them themselves (a missing file ends the run at once)."""
     from data_pipeline.stream import load_source
 
+    if cfg.cluster.address:
+        if cfg.data.train == "digits":
+            load_source("digits")
+        return
     sources = [cfg.data.train]
     if probe:
         sources += probe_sources(cfg) or ()

@@ -74,6 +74,8 @@ CASES = [
     ("shards write digits {file}", "shards write", ["{file}"]),
     ("shards inspect {missing}", "shards inspect", ["{missing}"]),
     ("shards inspect {bad_manifest}", "shards inspect", ["{bad_manifest}/manifest.json"]),
+    ("shards inspect http://127.0.0.1:9/shards", "shards inspect",
+     ["http://127.0.0.1:9/shards/manifest.json: no such file, or it cannot be reached"]),
     ("shards plan {missing}", "shards plan", ["{missing}"]),
     ("probe {missing} --train digits --test digits-holdout", "probe", ["{missing}"]),
     ("probe {corrupt_run} --train digits --test digits-holdout", "probe",
@@ -180,3 +182,25 @@ def test_license_is_apache_2_as_pyproject_says():
     assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text
     assert 'license = { text = "Apache-2.0" }' in (root / "pyproject.toml").read_text()
+
+
+class _BadDataset(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        from data_pipeline.badinput import BadInputError
+        raise BadInputError("3 bad samples of 10 planned exceed max_bad_fraction=0.1; last: shard s-000001.tar")
+
+
+def test_messages_of_wrapped_and_os_errors():
+    """A user error re-raised by a DataLoader worker keeps its type; its one line is the original message. OS errors
+    name the path; errors of any other type are not user errors."""
+    from cluster.errors import is_user_error, one_line, user_message
+
+    with pytest.raises(Exception) as exc:  # noqa: B017  (the type is what is checked)
+        next(iter(torch.utils.data.DataLoader(_BadDataset(), num_workers=1)))
+    assert is_user_error(exc.value) and "Traceback" in str(exc.value)  # torch puts the worker's traceback inside
+    assert one_line(exc.value) == "3 bad samples of 10 planned exceed max_bad_fraction=0.1; last: shard s-000001.tar"
+    assert user_message(OSError(30, "Read-only file system", "/runs/x")) == "/runs/x: Read-only file system"
+    assert user_message(OSError(28, "No space left on device", "/runs/x/state.pt")).endswith("No space left on device")
+    assert user_message(PermissionError(13, "Permission denied", "/data")) == "/data: Permission denied"
+    assert user_message(OSError(5, "Input/output error", "/dev/sda")) is None  # a failing disk: not the user's input
+    assert user_message(KeyError("x")) is None and user_message(RuntimeError("CUDA error")) is None
