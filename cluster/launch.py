@@ -201,6 +201,8 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
             periodic.poll(sink)
     sink.consume(*ray.get(progress.drain.remote()))
     workers = _record_workers(run_dir, ray.get(progress.worker_info.remote()), workers)
+    if periodic:  # the last checkpoints, written after the last poll
+        periodic.poll(sink)
     wall = time.time() - t0
     restarts = max(0, sink.starts - 1)
     summary = {"name": cfg.name, "run_dir": str(run_dir), "storage": storage, "wall_time_s": wall,
@@ -211,7 +213,10 @@ def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | No
     error = outcome.get("error") or getattr(outcome.get("result"), "error", None)
     if error is not None:
         from cluster.ray_failures import user_error_of
-        raise (user_error_of(error) or error)  # a worker's user error as itself: one line in the CLI
+        user_error = user_error_of(error)
+        if user_error is not None:  # a worker's user error as itself: one line in the CLI (--debug: Ray's report too)
+            raise user_error from error
+        raise error
     result = outcome["result"]
     ckpt_dir = _local_checkpoint(result, run_dir)
     _collect_artifacts(run_dir, [ckpt_dir / "artifacts"])

@@ -88,11 +88,19 @@ def zero_images(shard: Path, count: int | None = None) -> list[str]:
 
 @pytest.fixture(scope="session")
 def small_bad_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """A fifth of the digits (≈ 360 samples, a few steps per epoch) in shards of 64, two of whose images do not
-    decode: {'train': dir, 'bad': [keys]}."""
+    """A fifth of the digits (≈ 360 samples, a few steps per epoch) in shards of 64 whose second shard's first two
+    images do not decode: {'train': dir, 'bad': [keys], 'shard': its file name, 'positions': [0, 1]}."""
     from data_pipeline.writer import write_shards
 
     out = tmp_path_factory.mktemp("small_bad_shards")
     write_shards("digits", out / "train", shard_size=64, holdout=0.8, holdout_dir=out / "rest", seed=0)
-    bad = zero_images(sorted((out / "train").glob("*.tar"))[1], 2)
-    return {"train": out / "train", "bad": bad}
+    shard = sorted((out / "train").glob("*.tar"))[1]
+    bad = zero_images(shard, 2)
+    return {"train": out / "train", "bad": bad, "shard": shard.name, "positions": [0, 1]}
+
+
+def planned_reads(plan, manifest, shard: str, positions: list[int]) -> int:
+    """How often an epoch plan reads the given samples of a shard (a sample in a repeat lap is read again)."""
+    index = next(i for i, s in enumerate(manifest.shards) if s.name == shard)
+    return sum(s.start <= p < s.stop for r in plan.ranks for w in r.workers for s in w.segments if s.shard == index
+               for p in positions)

@@ -110,8 +110,11 @@ def test_run_directory(reference):
 
 
 def test_metrics_count_bad_repeated_and_dropped_samples_per_epoch(reference, small_bad_shards):
-    """metrics.jsonl at the last step of each epoch: the two undecodable samples, the plan's repeated samples (the
-    last batches filled up) plus the two substitutes, the plan's dropped ones; summed over both workers."""
+    """metrics.jsonl at the last step of each epoch, summed over both workers: the undecodable samples as often as
+    the epoch's plan reads them (a repeat lap reads some twice), the plan's repeated samples (the last batches
+    filled up) plus one substitute per bad read, the plan's dropped ones."""
+    from conftest import planned_reads
+
     from data_pipeline.stream import load_source, plan_for
     from pretrain.trainer import stream_spec
 
@@ -119,12 +122,14 @@ def test_metrics_count_bad_repeated_and_dropped_samples_per_epoch(reference, sma
     cfg = _cfg(run_dir.parent, "reference", small_bad_shards)
     spec = stream_spec(cfg, 2, num_views=2)
     logs = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+    manifest = load_source(spec.source)
     for epoch in (0, 1):
-        plan = plan_for(spec, load_source(spec.source), 2, epoch)
+        plan = plan_for(spec, manifest, 2, epoch)
+        bad = planned_reads(plan, manifest, small_bad_shards["shard"], small_bad_shards["positions"])
         last = max((m for m in logs if m["epoch"] == epoch), key=lambda m: m["step"])
-        assert last["step"] == plan.steps * (epoch + 1)
+        assert last["step"] == plan.steps * (epoch + 1) and bad >= 2
         assert (last["epoch_bad_samples"], last["epoch_repeated_samples"], last["epoch_dropped_samples"]) == \
-            (2, plan.repeated + 2, plan.dropped), last
+            (bad, plan.repeated + bad, plan.dropped), last
     assert plan.repeated > 0
 
 
