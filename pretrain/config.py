@@ -200,8 +200,9 @@ class RunConfig(Strict):
     @property
     def variant(self) -> str:
         """What distinguishes runs of one method: the SimCLR loss, the GAN loss, the VAE likelihood."""
-        return {"simclr": lambda: self.loss.name, "gan": lambda: self.gan.loss,
-                "vae": lambda: self.vae.likelihood}[self.method]()
+        if self.method == "simclr":
+            return self.loss.name
+        return self.gan.loss if self.method == "gan" else self.vae.likelihood
 
 
 # method → the sections it reads; the others must stay unset
