@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE")
     p.add_argument("--address", default=None, help="an existing Ray cluster (host:port or ray://…; 'auto': the one this process runs in, "
                    "e.g. inside a Ray job); default: a new embedded local Ray")
-    p.add_argument("--name", default=None, help="run name (rerun with the same name to resume)")
+    p.add_argument("--name", default=None, help="run name: letters, digits, . _ - (rerun with the same name to resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--allow-changes", action="store_true",
