@@ -205,14 +205,3 @@ def test_messages_of_wrapped_and_os_errors():
     assert user_message(OSError(5, "Input/output error", "/dev/sda")) is None  # a failing disk: not the user's input
     assert user_message(KeyError("x")) is None and user_message(RuntimeError("CUDA error")) is None
 
-
-def test_the_cli_and_the_tests_take_ray_train_v2():
-    """`bigbatch` sets RAY_TRAIN_V2_ENABLED before ray.train is imported (the tests get it the same way)."""
-    code = ("import os\n"
-            "os.environ.pop('RAY_TRAIN_V2_ENABLED', None)\n"
-            "import cluster.cli\n"
-            "from ray.train.torch import TorchTrainer\n"
-            "print(TorchTrainer.__module__)\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_TRAIN_V2_ENABLED"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert out.stdout.strip() == "ray.train.v2.torch.torch_trainer", out.stdout + out.stderr[-2000:]
