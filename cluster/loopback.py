@@ -6,8 +6,9 @@ default on macOS and Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) makes eve
 node's address and bind there: :func:`loopback_only`. Ray Train's torch backend adds one more listener: rank 0's
 ``torch.distributed`` TCPStore, which binds all interfaces whatever its address; :class:`LoopbackTorchConfig`
 rendezvous through a FileStore instead (every worker of an embedded run is on this machine) and pins gloo's
-connections to the loopback interface. Every Ray server also requires Ray's authentication token (on by default in
-Ray 2.60: ``~/.ray/auth_token``), which keeps other local users out.
+connections to the loopback interface. Every Ray gRPC and HTTP server also requires Ray's authentication token (on by
+default in Ray 2.60: ``~/.ray/auth_token``), except three read-only Prometheus metrics endpoints (dashboard agent,
+headless dashboard, autoscaler monitor) that Ray starts with every instance; tests/test_network.py checks all of it.
 """
 
 from __future__ import annotations
