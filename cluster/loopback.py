@@ -63,6 +63,7 @@ class _FileStoreTorchBackend(_TorchBackend):
     store: str | None = None
 
     def on_start(self, worker_group, backend_config: LoopbackTorchConfig) -> None:
+        self._remove_store()  # a restarted worker group's predecessor may not have shut down cleanly
         self.store = store = os.path.join(tempfile.gettempdir(), f"bigbatch-pg-{uuid.uuid4().hex}")  # per (re)start
         worker_group.execute(_pin_gloo_to, interface=loopback_interface())
         worker_group.execute(_set_torch_distributed_env_vars)
@@ -73,9 +74,13 @@ class _FileStoreTorchBackend(_TorchBackend):
 
     def on_shutdown(self, worker_group, backend_config: LoopbackTorchConfig) -> None:
         super().on_shutdown(worker_group, backend_config)
+        self._remove_store()
+
+    def _remove_store(self) -> None:
         if self.store:
             with contextlib.suppress(OSError):
                 os.remove(self.store)
+            self.store = None
 
 
 @dataclass
