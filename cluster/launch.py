@@ -32,16 +32,15 @@ from pretrain.run_store import SUMMARY_FILE, RunStore, is_url, write_text_atomic
 LISTING_INTERVAL_S = 5.0  # how often the driver lists a URL storage path for new checkpoints
 
 
-def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | None = None) -> Path:
+def run_pretrain(cfg: RunConfig, *, show_progress: bool = True, probe: bool | None = None,
+                 allow_changes: bool = False) -> Path:
     """Train with Ray Train, then probe (as a Ray task) and report. Returns the local run directory."""
     if cfg.name is None:
         cfg = cfg.model_copy(update={"name": default_name(cfg)})
-    run_dir = prepare_run_dir(cfg)
-    if cfg.data.train == "digits":  # write the built-in shards once, before workers race for them
-        from data_pipeline.builtin import ensure_digits
-        ensure_digits()
-    connect_ray(cfg.cluster.address, num_cpus=embedded_cpus(cfg))
     periodic, final = _probe_plan(cfg, probe)
+    check_data(cfg, periodic or final)
+    run_dir = prepare_run_dir(cfg, allow_changes)
+    connect_ray(cfg.cluster.address, num_cpus=embedded_cpus(cfg))
     trackers = Trackers(cfg, run_dir.local)
     try:
         summary, probes = _train(cfg, run_dir, trackers, show_progress, periodic)
@@ -111,12 +110,33 @@ def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: b
         sink.event("end", **{k: v for k, v in summary.items() if k != "final"})
         sink.close()
         ray.kill(progress)
-    if outcome.error is not None:
-        raise outcome.error
-    if getattr(outcome.result, "error", None):
-        raise outcome.result.error
+    error = outcome.error or getattr(outcome.result, "error", None)
+    if error is not None:
+        from cluster.ray_failures import user_error_of
+
+        user_error = user_error_of(error)
+        if user_error is not None:  # a worker's user error as itself: one line in the CLI (--debug: Ray's report too)
+            raise user_error from error
+        raise error
     summary["checkpoint"] = _final_checkpoint(outcome.result, run_dir)
     return summary, probes
+
+
+def check_data(cfg: RunConfig, probe: bool) -> None:
+    """Read the manifests of the training (and probe) shards before Ray starts: a wrong path fails now, naming it.
+    The built-in digits are written here once, before workers race for them. On an existing cluster the workers'
+    files may not be visible here: they check them themselves (a missing file ends the run at once)."""
+    from data_pipeline.stream import load_source
+
+    if cfg.cluster.address:
+        if cfg.data.train == "digits":
+            load_source("digits")
+        return
+    sources = [cfg.data.train]
+    if probe:
+        sources += probe_sources(cfg) or ()
+    for source in dict.fromkeys(sources):
+        load_source(source)
 
 
 def _final_checkpoint(result: Any, run_dir: RunDir) -> str:
@@ -131,6 +151,6 @@ def _probe_plan(cfg: RunConfig, probe: bool | None) -> tuple[bool, bool]:
     final = cfg.eval.probe if probe is None else probe
     periodic = cfg.eval.probe and cfg.eval.every_k_checkpoints > 0
     if (final or periodic) and probe_sources(cfg) is None:
-        print(f"probe skipped: no data.probe_test in the config of {cfg.name}")
+        print(f"bigbatch: probe skipped: no data.probe_test in the config of {cfg.name}", file=sys.stderr)
         return False, False
     return periodic, final

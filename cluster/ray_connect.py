@@ -34,11 +34,13 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     elif address:
         ray.init(address=address, runtime_env=code_runtime_env())
     else:
-        # An embedded instance serves this machine only: bind it to the loopback interface. address="local"
-        # always starts a new instance: without it ray.init() attaches to whatever Ray was started last on
-        # this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
+        # address="local" always starts a new instance: without it ray.init() attaches to whatever Ray was started
+        # last on this machine (RAY_ADDRESS, /tmp/ray/ray_current_cluster), and dies with it. No dashboard: its head
+        # process then runs without a listener. Every listener on 127.0.0.1: cluster/loopback.py.
+        from cluster.loopback import loopback_only
+        with loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
 
 
 def embedded_cpus(cfg: RunConfig) -> int | None:

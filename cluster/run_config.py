@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from data_pipeline.errors import UserInputError
-from pretrain.config import RunConfig
+from pretrain.config import LOSSES, METHOD_SECTIONS, RunConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"  # package data: shipped in wheels too
 
@@ -57,18 +57,44 @@ def _set(tree: dict[str, Any], path: list[str], value: Any, item: str) -> None:
     node[path[-1]] = value
 
 
+def _problem(err: dict[str, Any]) -> str:
+    """One validation error as 'dotted.key: what is wrong', the loss tag pydantic inserts taken out of the key."""
+    loc = [str(x) for x in err["loc"]]
+    loss_name = loc.pop(1) if len(loc) > 2 and loc[0] == "loss" and loc[1] in LOSSES else None
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        users = [n for n, cls in LOSSES.items() if loc[-1] in cls.model_fields] if loss_name else []
+        if users:
+            return f"{key}: not used by loss.name={loss_name} (a setting of {', '.join(users)}); remove it"
+        return f"{key}: unknown key"
+    if err["type"] == "union_tag_invalid":
+        return f"{key}.{err['ctx']['discriminator'].strip(chr(39))}: {err['ctx']['tag']!r} is not one of " \
+               f"{err['ctx']['expected_tags']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) or not key or repr(value) in msg else f" (got {value!r})"
+    return f"{key}: {msg}{shown}" if key else msg
+
+
 def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for err in exc.errors():
-        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        value = err.get("input")
-        shown = "" if err["type"] == "extra_forbidden" or isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {key}: {msg}{shown}")
-    return "\n".join(lines)
+    return f"invalid configuration ({source}): " + "; ".join(_problem(e) for e in exc.errors())
+
+
+def _check_encoder(cfg: RunConfig, source: str) -> None:
+    from pretrain.encoders import close_encoder_names, is_encoder
+
+    if not is_encoder(cfg.model.encoder):
+        near = close_encoder_names(cfg.model.encoder)
+        hint = f"; close matches: {', '.join(near)}" if near else "; see timm.list_models()"
+        raise ConfigError(f"invalid configuration ({source}): model.encoder: unknown encoder "
+                          f"{cfg.model.encoder!r}{hint}")
 
 
 def load_run_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The validated config: CONFIG (a preset name or YAML file; default: the default preset) ← KEY=VALUE overrides.
+
+    An override of ``steps`` replaces the file's ``epochs`` and vice versa (both in one source are an error); an
+    override of ``method`` (``loss.name``) drops the file's sections (loss settings) that the new one does not use."""
     tree: dict[str, Any] = {}
     source = "built-in default"
     if config is None and (PRESET_DIR / "default.yaml").is_file():
@@ -79,20 +105,36 @@ def load_run_config(config: str | None = None, overrides: list[str] | tuple[str,
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(loaded).__name__}")
         tree = loaded
-    for item in overrides:
-        path_parts, value = parse_override(item)
+    parsed = [(parse_override(item), item) for item in overrides]
+    given = {tuple(path_parts) for (path_parts, _), _ in parsed}
+    for length, other in (("steps", "epochs"), ("epochs", "steps")):
+        if (length,) in given and (other,) not in given:
+            tree.pop(other, None)
+    overridden = {tuple(p): v for (p, v), _ in parsed}
+    if ("method",) in overridden:  # the file's sections of another method no longer apply
+        for section, methods in METHOD_SECTIONS.items():
+            if overridden[("method",)] not in methods and not any(p[0] == section for p in given):
+                tree.pop(section, None)
+    new_loss = LOSSES.get(overridden.get(("loss", "name")))
+    if new_loss is not None and isinstance(tree.get("loss"), dict):  # keep the file's settings the new loss uses
+        tree["loss"] = {k: v for k, v in tree["loss"].items() if k in new_loss.model_fields}
+    for (path_parts, value), item in parsed:
         _set(tree, path_parts, value, item)
     if overrides:
         source += " + " + " ".join(overrides)
     try:
-        return RunConfig.model_validate(tree)
+        cfg = RunConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+    _check_encoder(cfg, source)
+    return cfg
 
 
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML that load_run_config reads back to the same config (unused method sections left out)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude={k for k in METHOD_SECTIONS if getattr(cfg, k) is None}),
+                          sort_keys=False)

@@ -3,24 +3,29 @@
 With a local storage path the run directory is ``storage_path/name`` itself. With a URL (s3://, gs://, …) the
 driver works in a local copy (``$BIGBATCH_RUNS/name``) mirrored to ``storage_path/name`` at every checkpoint and
 at the end; a rerun pulls the bucket's copy first, so a run resumes from the bucket alone.
-A rerun of the same name resumes; it must keep the sections that shape the model and the data order.
+A rerun of the same name resumes; it must keep what the checkpoint's model, optimiser state and stream position were
+made for (RESUME_CHECKED) unless allowed; config.yaml always keeps the run's first config.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from cluster.run_config import ConfigError, dump_yaml
-from pretrain.config import RunConfig
-from pretrain.run_store import SUMMARY_FILE, RunMirror, RunStore, is_url, local_path
+from pretrain.config import RunConfig, from_stored
+from pretrain.run_store import SUMMARY_FILE, RunMirror, RunStore, is_url, local_path, write_text_atomic
 
 DEFAULT_STORAGE = Path(os.environ.get("BIGBATCH_RUNS", "~/bigbatch_runs")).expanduser()
-COMPAT_SECTIONS = ("method", "batch_size", "seed", "model", "loss", "vae", "gan")
+# What a resumed run (same name) may not change without --allow-changes: what the checkpoint's model, optimiser state
+# and stream position were made for (dotted prefixes).
+RESUME_CHECKED = ("method", "batch_size", "seed", "model", "loss", "optim", "vae", "gan", "data.train", "data.image_size")
 
 
 @dataclass
@@ -39,13 +44,13 @@ class RunDir:
 
 
 def default_name(cfg: RunConfig) -> str:
-    what = cfg.loss.name if cfg.method == "simclr" else (cfg.gan.loss if cfg.method == "gan" else cfg.method)
-    return f"{cfg.method}-{what}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return f"{cfg.method}-{cfg.variant}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(cfg: RunConfig) -> RunDir:
-    """The run's directory, with config.yaml written; on a rerun checks the config still fits and drops the old
-    train_summary.json (the run is not complete until this attempt finishes)."""
+def prepare_run_dir(cfg: RunConfig, allow_changes: bool = False) -> RunDir:
+    """The run's directory, with config.yaml written. On a rerun: a change of a RESUME_CHECKED key is refused unless
+    ``allow_changes``; any changed config goes to config-resume-N.yaml (config.yaml keeps the first); the old
+    train_summary.json is dropped (the run is not complete until this attempt finishes)."""
     storage = cfg.cluster.storage_path or str(DEFAULT_STORAGE)
     mirror = None
     if is_url(storage):
@@ -63,22 +68,55 @@ def prepare_run_dir(cfg: RunConfig) -> RunDir:
         local.mkdir(parents=True, exist_ok=True)
     cfg_path = local / "config.yaml"
     if cfg_path.exists():
-        old = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-        diffs = [k for k in COMPAT_SECTIONS if getattr(old, k) != getattr(cfg, k)]
-        if diffs:
-            raise ConfigError(f"run {cfg.name!r} exists in {storage.rstrip('/')}/{cfg.name} with a different "
-                              f"{', '.join(diffs)}: resume it with its own config, or pick another name")
+        _check_resume(cfg, cfg_path, f"{storage.rstrip('/')}/{cfg.name}", allow_changes)
+    else:
+        write_text_atomic(cfg_path, dump_yaml(cfg))
     if mirror is not None:
         mirror.remove(SUMMARY_FILE)
     else:
         (local / SUMMARY_FILE).unlink(missing_ok=True)
-    cfg_path.write_text(dump_yaml(cfg))
     run_dir = RunDir(storage, local, mirror)
     try:
         run_dir.sync()
     except Exception as exc:  # noqa: BLE001
         raise _unusable(storage, exc) from exc
     return run_dir
+
+
+def _check_resume(cfg: RunConfig, cfg_path: Path, where: str, allow_changes: bool) -> None:
+    try:
+        old = from_stored(yaml.safe_load(cfg_path.read_text()))
+    except (yaml.YAMLError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{cfg_path}: not a readable bigbatch config ({' '.join(str(exc).split())[:300]}); "
+                          "pick another run name") from exc
+    changed = changed_keys(old, cfg)
+    if not changed:
+        return
+    shown = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changed.items())
+    refused = [k for k in changed if any(k == c or k.startswith(c + ".") for c in RESUME_CHECKED)]
+    if refused and not allow_changes:
+        raise ConfigError(f"run {cfg.name!r} in {where} was started with another config ({shown}): resume it with "
+                          "its own config, pick another name, or pass --allow-changes")
+    n = 1 + len(list(cfg_path.parent.glob("config-resume-*.yaml")))
+    write_text_atomic(cfg_path.parent / f"config-resume-{n}.yaml", dump_yaml(cfg))
+    print(f"bigbatch: run {cfg.name!r} continues with changed {shown}; config.yaml keeps the original config, "
+          f"the new one is config-resume-{n}.yaml", file=sys.stderr)
+
+
+def changed_keys(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Dotted key → (old, new) for every value that differs between two configs (the run name aside)."""
+    a, b = _flat(old.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) and k != "name"}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _unusable(storage: str, exc: Exception) -> ConfigError:

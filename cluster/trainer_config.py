@@ -10,17 +10,20 @@ from pretrain.config import RunConfig
 def build_trainer(cfg: RunConfig, storage: str, progress: Any):
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
+    from cluster.loopback import LoopbackTorchConfig
+    from cluster.ray_failures import FailFastTorchTrainer
     from pretrain.train_loop import train_func
 
     c = cfg.cluster
     use_gpu = c.gpus_per_worker > 0
     resources = {"CPU": c.cpus_per_worker, **({"GPU": c.gpus_per_worker} if use_gpu else {})}
-    return TorchTrainer(
+    return FailFastTorchTrainer(  # a user error in a worker ends the run at once (no retries)
         train_func,
         train_loop_config={"run": cfg.model_dump(mode="json"), "progress": progress},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # embedded: every worker on this machine, rendezvous without a TCPStore on all interfaces
+        torch_config=(TorchConfig if c.address else LoopbackTorchConfig)(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=c.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RayRunConfig(
             name=cfg.name, storage_path=storage,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from data_pipeline.errors import UserInputError
+from pretrain.config import from_stored
 from pretrain.run_store import RunStore
 
 
@@ -15,14 +17,27 @@ def run_row(run_dir: str | Path) -> dict:
     store = RunStore(run_dir)
     text = store.read_text("config.yaml")
     if text is None:
-        raise ValueError(f"{run_dir}: not a bigbatch run directory (no config.yaml)")
-    cfg = yaml.safe_load(text)
-    summary, probe = (json.loads(store.read_text(f) or "{}") for f in ("train_summary.json", "probe.json"))
+        raise UserInputError(f"{run_dir}: not a bigbatch run directory (no config.yaml)")
+    try:
+        cfg = from_stored(yaml.safe_load(text))
+    except (yaml.YAMLError, ValueError, AttributeError) as exc:
+        raise UserInputError(f"{run_dir}/config.yaml: not a readable bigbatch config: {' '.join(str(exc).split())}") from exc
+    summary, probe = (_read_json(store, f) for f in ("train_summary.json", "probe.json"))
     m = probe.get("method", {})
-    what = {"simclr": cfg["loss"]["name"], "gan": cfg["gan"]["loss"], "vae": cfg["vae"]["likelihood"]}[cfg["method"]]
-    return {"run": store.url.rsplit("/", 1)[-1], "method": cfg["method"], "loss": what, "batch": cfg["batch_size"],
+    return {"run": store.url.rsplit("/", 1)[-1], "method": cfg.method, "loss": cfg.variant, "batch": cfg.batch_size,
             "steps": summary.get("final", {}).get("step"), "time_s": summary.get("wall_time_s"),
             "probe_top1": m.get("top1"), "knn_top1": m.get("knn_top1")}
+
+
+def _read_json(store: RunStore, name: str) -> dict:
+    """The JSON object in the run's file ``name``; {} when it does not exist (the run stopped before writing it)."""
+    text = store.read_text(name)
+    if text is None:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UserInputError(f"{store.url}/{name}: not valid JSON ({exc})") from exc
 
 
 def table(rows: list[dict]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.config import RunConfig
+from data_pipeline.errors import UserInputError
+from pretrain.config import from_stored
 
 STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
+
+
+class CheckpointError(UserInputError):
+    """A path that is not a readable bigbatch checkpoint (missing, truncated, or holding pickled objects)."""
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -97,50 +102,77 @@ def save_checkpoint(directory: Path, *, rank: int, method_state: dict[str, Any] 
     return directory
 
 
-def load_checkpoint(directory: Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(state, this rank's RNG state or None). Raises ValueError naming the file if it is not a bigbatch checkpoint."""
-    directory = Path(directory)
+def _load(path: Path) -> Any:
+    """torch.load with weights_only=True; a file it refuses or cannot read is a CheckpointError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled objects; a truncated file fails to unzip
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: cannot be loaded as a weights-only bigbatch checkpoint: {reason}") from exc
+
+
+def _load_state(directory: Path) -> dict[str, Any]:
     path = directory / STATE_FILE
     if not path.is_file():
-        raise ValueError(f"{directory}: not a bigbatch checkpoint (no {STATE_FILE})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled objects; a truncated file fails to unzip
-        raise ValueError(f"{path}: cannot be loaded as a weights-only bigbatch checkpoint: {exc}") from exc
+        raise CheckpointError(f"{directory}: not a bigbatch checkpoint (no {STATE_FILE})")
+    state = _load(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown checkpoint format {state.get('format') if isinstance(state, dict) else type(state)}")
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: unknown checkpoint format {found}")
+    return state
+
+
+def load_checkpoint(directory: Path, rank: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(state, this rank's RNG state or None). Raises CheckpointError naming the file if it is not a bigbatch
+    checkpoint or holds anything but tensors, numbers, strings, lists and dicts."""
+    directory = Path(directory)
+    state = _load_state(directory)
     rng_path = directory / f"rng-rank{rank}.pt"
-    rng = torch.load(rng_path, map_location="cpu", weights_only=True) if rng_path.is_file() else None
+    rng = _load(rng_path) if rng_path.is_file() else None
     return state, rng
 
 
-_CKPT_RE = re.compile(r"^checkpoint_")
+def latest_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
+    """(directory, state) of a checkpoint dir or state.pt itself, or of the newest readable ``checkpoint_*`` dir
+    (highest step) under a run dir; an unreadable newer one is skipped with a note on stderr."""
+    path = Path(path)
+    if path.is_file() and path.name == STATE_FILE:
+        path = path.parent
+    if (path / STATE_FILE).is_file():
+        return path, _load_state(path)
+    best, skipped = None, []
+    for d in [*path.glob("checkpoint_*"), *path.glob("checkpoints/checkpoint_*")]:
+        if not (d / STATE_FILE).is_file():
+            continue
+        try:
+            state = _load_state(d)
+        except CheckpointError as exc:
+            skipped.append((d, str(exc)))
+            continue
+        key = (int(state["step"]), d.stat().st_mtime)
+        if best is None or key > best[0]:
+            best = (key, d, state)
+    if best is None:
+        if skipped:
+            raise CheckpointError(f"{path}: no readable bigbatch checkpoint; " + "; ".join(r for _, r in skipped))
+        raise CheckpointError(f"{path}: no bigbatch checkpoint found (expected {STATE_FILE} or checkpoint_*/{STATE_FILE})")
+    for d, reason in skipped:
+        print(f"bigbatch: skipping unreadable checkpoint {d.name} ({reason}); using {best[1].name} "
+              f"(step {best[0][0]})", file=sys.stderr)
+    return best[1], best[2]
 
 
 def find_latest_checkpoint(path: Path) -> Path:
-    """A checkpoint dir itself, or the newest complete ``checkpoint_*`` dir (highest step) under a run dir."""
-    path = Path(path)
-    if (path / STATE_FILE).is_file():
-        return path
-    if path.is_file() and path.name == STATE_FILE:
-        return path.parent
-    candidates = []
-    for d in [*path.glob("checkpoint_*"), *path.glob("checkpoints/checkpoint_*")]:
-        if (d / STATE_FILE).is_file():
-            step = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)["step"]
-            candidates.append((step, d.stat().st_mtime, d))
-    if not candidates:
-        raise ValueError(f"{path}: no bigbatch checkpoint found (expected {STATE_FILE} or checkpoint_*/{STATE_FILE})")
-    return max(candidates)[2]
+    """A checkpoint dir itself, or the newest readable ``checkpoint_*`` dir (highest step) under a run dir."""
+    return latest_checkpoint(path)[0]
 
 
 def load_method(path: str | Path, device: str | torch.device = "cpu"):
     """(method in eval mode, RunConfig) from a run dir, checkpoint dir or state.pt — for the probe and export."""
     from pretrain.methods import build_method
 
-    ckpt = find_latest_checkpoint(Path(path))
-    state, _ = load_checkpoint(ckpt)
-    cfg = RunConfig.model_validate(state["config"])
+    _, state = latest_checkpoint(Path(path))
+    cfg = from_stored(state["config"])
     method = build_method(cfg)
     method.load_state_dict(state["method"]["model"])
     return method.to(device).eval(), cfg

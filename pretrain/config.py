@@ -5,7 +5,8 @@ Ray-free: the cluster section is plain data that cluster/ turns into Ray Train's
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -38,17 +39,50 @@ class ModelConfig(Strict):
     sync_batchnorm: bool = Field(True, description="SyncBatchNorm on GPU workers (CPU/gloo keeps per-worker BN)")
 
 
-class LossConfig(Strict):
-    name: Literal["ranking", "ranking-blockwise", "binary", "spectral"] = "ranking"
+class RankingLoss(Strict):
+    """Ranking-NCE (NT-Xent) over the gathered 2N×2N cosine similarities at temperature τ."""
+    name: Literal["ranking"] = "ranking"
     temperature: float = Field(0.2, gt=0)
-    block_size: int = Field(512, ge=1, description="tile side of ranking-blockwise (512: tiles stay in cache)")
-    num_negatives: int = Field(1, ge=1, description="binary: negatives per anchor from shifts of the local batch")
-    all_pairs: bool = Field(False, description="binary: the O(B^2) all-pairs sigmoid variant")
-    mu: float = Field(1.0, gt=0, description="spectral: weight of the quadratic term")
+
+
+class RankingBlockwiseLoss(Strict):
+    """The ranking-NCE loss and gradient computed over column blocks: O(B·block) memory."""
+    name: Literal["ranking-blockwise"]
+    temperature: float = Field(0.2, gt=0)
+    block_size: int = Field(512, ge=1, description="tile side (512: tiles stay in cache)")
+
+
+class BinaryLoss(Strict):
+    """Binary (logistic) NCE with a learnable logit scale and bias: k shifted negatives, or all pairs (O(B²))."""
+    name: Literal["binary"]
+    num_negatives: int | None = Field(None, ge=1, description="negatives per anchor from shifts of the local batch; "
+                                      "None: 1 (the all-pairs form takes every other view and no num_negatives)")
+    all_pairs: bool = Field(False, description="the O(B^2) all-pairs sigmoid variant")
+
+    @model_validator(mode="after")
+    def _negatives(self) -> BinaryLoss:
+        if self.all_pairs and self.num_negatives is not None:
+            raise ValueError("num_negatives is not used with all_pairs=true (every other view is a negative)")
+        if not self.all_pairs and self.num_negatives is None:
+            self.num_negatives = 1
+        return self
+
+
+class SpectralLoss(Strict):
+    """Spectral contrastive loss: −2·mean positive dot + μ·mean squared negative dot."""
+    name: Literal["spectral"]
+    mu: float = Field(1.0, gt=0, description="weight of the quadratic term")
+
+
+# Each loss's own settings: a key the chosen loss does not use is an error naming it (tagged on loss.name).
+LossConfig = Annotated[RankingLoss | RankingBlockwiseLoss | BinaryLoss | SpectralLoss, Field(discriminator="name")]
+LOSSES: dict[str, type[Strict]] = {"ranking": RankingLoss, "ranking-blockwise": RankingBlockwiseLoss,
+                                   "binary": BinaryLoss, "spectral": SpectralLoss}
 
 
 class OptimConfig(Strict):
-    name: Literal["lars", "adamw"] = "lars"
+    name: Literal["lars", "adamw"] = Field("lars", description="default: lars for simclr, adamw for vae (LARS's "
+                                           "trust ratio is a large-batch contrastive recipe)")
     lr: float | None = Field(None, gt=0, description="None: lars 0.3*B/256 (SimCLR rule), adamw 1e-3*B/256")
     weight_decay: float | None = Field(None, ge=0, description="None: lars 1e-6, adamw 0.05; never on norms/biases")
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -63,8 +97,6 @@ class VAEConfig(Strict):
     sigma: float = Field(0.1, gt=0, description="std of the Gaussian likelihood (the initial value when learn_sigma)")
     learn_sigma: bool = Field(False, description="learn one shared log-sigma of the Gaussian likelihood")
     representation: Literal["mu", "features"] = "mu"
-    optimizer: Literal["adamw", "lars"] = Field("adamw", description="the VAE's optimiser; lr, weight decay and "
-                                                "warmup come from the optim section (optim.name is SimCLR's)")
     decoder_width: int = Field(64, ge=8, description="channels of the decoder's last stage (doubling per stage, max 8x)")
     decoder_norm: Literal["batch", "group", "none"] = "batch"
 
@@ -143,10 +175,10 @@ class RunConfig(Strict):
                        "false: full fp32")
     data: DataConfig = Field(default_factory=dict, validate_default=True)  # {} → the validator asks for data.train
     model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    vae: VAEConfig = Field(default_factory=VAEConfig)
-    gan: GANConfig = Field(default_factory=GANConfig)
+    loss: LossConfig | None = Field(None, description="simclr only")
+    optim: OptimConfig | None = Field(None, description="simclr and vae (the GAN's optimisers are in gan)")
+    vae: VAEConfig | None = Field(None, description="vae only")
+    gan: GANConfig | None = Field(None, description="gan only")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -162,10 +194,85 @@ class RunConfig(Strict):
                                       "'digits' for the built-in digits)")
         return data
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and (not RUN_NAME.fullmatch(v) or v in (".", "..")):
+            raise ValueError(f"run name {v!r}: use letters, digits, '.', '_' and '-' only (a directory name "
+                             "inside the runs directory, not a path)")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_of_method(cls, data: Any) -> Any:
+        """Fill the sections the method uses with their defaults; a section it ignores is an error."""
+        if not isinstance(data, dict):
+            return data
+        data, method = dict(data), data.get("method", "simclr")
+        unused = [section for section, methods in METHOD_SECTIONS.items() if method not in methods and data.get(section)]
+        if unused:
+            raise PydanticCustomError("unused_section", f"{', '.join(unused)}: not used by method={method}; remove "
+                                      f"{'it' if len(unused) == 1 else 'them'}")
+        for section, methods in METHOD_SECTIONS.items():
+            if method not in methods:
+                data[section] = None
+            elif data.get(section) is None:
+                data[section] = {}
+        if isinstance(data["optim"], dict) and "name" not in data["optim"]:
+            data["optim"] = {**data["optim"], "name": "adamw" if method == "vae" else "lars"}
+        if isinstance(data["loss"], dict) and "name" not in data["loss"]:
+            data["loss"] = {**data["loss"], "name": "ranking"}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.batch_size % self.cluster.workers:
             raise ValueError(f"batch_size={self.batch_size} must be divisible by cluster.workers={self.cluster.workers}")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"steps={self.steps} and epochs={self.epochs}: give one of them")
         if self.steps is None and self.epochs is None:
             self.steps = 200
         return self
+
+    @property
+    def variant(self) -> str:
+        """What distinguishes runs of one method: the SimCLR loss, the GAN loss, the VAE likelihood."""
+        if self.method == "simclr":
+            return self.loss.name
+        return self.gan.loss if self.method == "gan" else self.vae.likelihood
+
+
+# method → the sections it reads; the others must stay unset
+METHOD_SECTIONS = {"loss": ("simclr",), "optim": ("simclr", "vae"), "vae": ("vae",), "gan": ("gan",)}
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def from_stored(tree: dict[str, Any]) -> RunConfig:
+    """The config a run stored (config.yaml, a checkpoint's state), also one written before each method and loss had
+    their own sections: keys that the method or loss ignored then are dropped, ``vae.optimizer`` becomes
+    ``optim.name``, ``steps`` wins over ``epochs`` as it did, and a missing data.train is the digits it defaulted to."""
+    t = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    method = t.get("method", "simclr")
+    if isinstance(t.get("vae"), dict) and "optimizer" in t["vae"]:
+        optimizer = t["vae"].pop("optimizer")
+        if method == "vae":
+            t["optim"] = {**(t.get("optim") or {}), "name": optimizer}
+    for section, methods in METHOD_SECTIONS.items():
+        if method not in methods:
+            t.pop(section, None)
+    loss = t.get("loss")
+    if isinstance(loss, dict) and loss.get("name", "ranking") in LOSSES:
+        fields = LOSSES[loss.get("name", "ranking")].model_fields
+        t["loss"] = {k: v for k, v in loss.items() if k in fields}
+        if t["loss"].get("all_pairs"):
+            t["loss"].pop("num_negatives", None)
+    if t.get("steps") is not None and t.get("epochs") is not None:
+        t.pop("epochs")
+    if (t.get("data") or {}).get("train") is None:  # data.train defaulted to the built-in digits
+        t["data"] = {**(t.get("data") or {}), "train": "digits"}
+    return RunConfig.model_validate(t)

@@ -13,6 +13,7 @@ CNNs, ``bb_timm(base_model=…, small_stem=…, norm=…)`` is a timm model with
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import timm
@@ -20,6 +21,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, model_entrypoint, register_model
 from torch import nn
 
+from data_pipeline.errors import UserInputError
 from pretrain.preprocess import MEAN, STD
 
 
@@ -123,8 +125,7 @@ def _adapted(base_model: str, small_stem: bool = False, norm: str = "batch", **k
         kwargs["norm_layer"] = lambda c, **_: _norm_layer("group", c)
     elif norm != "batch":
         raise ValueError(f"norm={norm!r} is only available for bb_* encoders; timm models take batch|group")
-    if not timm.is_model(base_model):
-        raise ValueError(f"unknown encoder {base_model!r}: not in timm's registry")
+    _check_known(base_model)
     model = model_entrypoint(base_model)(pretrained=False, **kwargs)
     return _small_stem(model) if small_stem else model
 
@@ -133,6 +134,22 @@ def _adapted(base_model: str, small_stem: bool = False, norm: str = "batch", **k
 def bb_timm(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """A timm model as bigbatch trains it: ``base_model`` name, ``small_stem``, ``norm`` (batch|group)."""
     return build_model_with_cfg(_adapted, "bb_timm", pretrained, **kwargs)
+
+
+def is_encoder(name: str) -> bool:
+    """Whether ``name`` is a model in timm's registry (bigbatch's bb_* included)."""
+    return timm.is_model(name)
+
+
+def close_encoder_names(name: str, n: int = 5) -> list[str]:
+    """Registered model names closest to ``name`` (difflib ratio), for an unknown-encoder message."""
+    return difflib.get_close_matches(name, timm.list_models(), n=n, cutoff=0.6)
+
+
+def _check_known(name: str) -> None:
+    if not is_encoder(name):
+        near = close_encoder_names(name)
+        raise UserInputError(f"unknown encoder {name!r}" + (f"; close matches: {', '.join(near)}" if near else ""))
 
 
 def encoder_args(name: str = "resnet18", *, small_stem: bool = False, norm: str = "batch",
@@ -149,11 +166,9 @@ def encoder_args(name: str = "resnet18", *, small_stem: bool = False, norm: str 
 def create_encoder(name: str = "resnet18", *, small_stem: bool = False, norm: str = "batch",
                    in_chans: int = 3) -> nn.Module:
     """A timm backbone with its classifier removed: forward(x) -> [B, model.num_features]."""
+    _check_known(name)
     arch, args = encoder_args(name, small_stem=small_stem, norm=norm, in_chans=in_chans)
-    try:
-        return timm.create_model(arch, pretrained=False, **args)
-    except RuntimeError as exc:  # timm: "Unknown model (...)"
-        raise ValueError(f"unknown encoder {name!r}: {exc}") from exc
+    return timm.create_model(arch, pretrained=False, **args)
 
 
 class ProjectionHead(nn.Module):

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 
+from data_pipeline.errors import UserInputError
+
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "train_summary.json"
 # Not the run's files (never mirrored): checkpoints and Ray Train's bookkeeping (checkpoint_* also matches its
@@ -64,7 +66,10 @@ class RunStore:
         from fsspec.core import url_to_fs
 
         self.url = str(url).rstrip("/")
-        self.fs, self.root = url_to_fs(self.url if is_url(self.url) else str(local_path(self.url)))
+        try:
+            self.fs, self.root = url_to_fs(self.url if is_url(self.url) else str(local_path(self.url)))
+        except ImportError as exc:  # fsspec names the package its protocol needs (s3fs, gcsfs, …)
+            raise UserInputError(f"{self.url}: {exc}") from exc
         self.root = self.root.rstrip("/")
 
     def _path(self, rel: str) -> str:

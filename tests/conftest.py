@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+import cluster  # noqa: F401  (sets RAY_TRAIN_V2_ENABLED, as for the CLI)
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_ARCHIVE = Path(os.environ.get("BIGBATCH_CIFAR_ARCHIVE", SHARED_DATA / "cifar10-train.tar.gz"))
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
 def unpack_cifar(dest: Path, per_class: int) -> Path:
@@ -138,9 +139,9 @@ def ray_local():
     workers of a test run and the probe task beside them."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
+    from cluster.ray_connect import connect_ray
+
+    connect_ray(None, num_cpus=3)  # as an embedded run starts it
     yield ray
     ray.shutdown()
 
@@ -228,3 +229,35 @@ def build_wheel(dest: Path) -> Path:
                     "-w", str(dest / "dist"), str(src)], check=True, timeout=300)
     wheel, = (dest / "dist").glob("bigbatch-*.whl")
     return wheel
+
+
+def zero_images(shard: Path, count: int | None = None) -> list[str]:
+    """Overwrite the first ``count`` images (all: None) of a shard with zeros in place: undecodable samples in a
+    shard of unchanged size and members. Returns their keys."""
+    with tarfile.open(shard) as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith(".png")][:count]
+    with open(shard, "r+b") as f:
+        for m in members:
+            f.seek(m.offset_data)
+            f.write(b"\0" * m.size)
+    return [m.name.rsplit(".", 1)[0] for m in members]
+
+
+@pytest.fixture(scope="session")
+def small_bad_shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A fifth of the digits (≈ 360 samples, a few steps per epoch) in shards of 64 whose second shard's first two
+    images do not decode: {'train': dir, 'bad': [keys], 'shard': its file name, 'positions': [0, 1]}."""
+    from data_pipeline.writer import write_shards
+
+    out = tmp_path_factory.mktemp("small_bad_shards")
+    write_shards("digits", out / "train", shard_size=64, holdout=0.8, holdout_dir=out / "rest", seed=0)
+    shard = sorted((out / "train").glob("*.tar"))[1]
+    bad = zero_images(shard, 2)
+    return {"train": out / "train", "bad": bad, "shard": shard.name, "positions": [0, 1]}
+
+
+def planned_reads(plan, manifest, shard: str, positions: list[int]) -> int:
+    """How often an epoch plan reads the given samples of a shard (a sample in a repeat lap is read again)."""
+    index = next(i for i, s in enumerate(manifest.shards) if s.name == shard)
+    return sum(s.start <= p < s.stop for r in plan.ranks for w in r.workers for s in w.segments if s.shard == index
+               for p in positions)

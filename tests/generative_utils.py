@@ -29,9 +29,9 @@ def digits_uint8(size: int = 16) -> torch.Tensor:
 
 def small_cfg(method: str, **sections: Any) -> RunConfig:
     """A fast CPU config on 16-px digits: tiny encoder, narrow decoder/generator; ``sections`` update the dump."""
+    narrow = {"vae": {"vae": {"decoder_width": 32}}, "gan": {"gan": {"gen_width": 32}}}.get(method, {})
     tree: dict[str, Any] = {"method": method, "batch_size": 32, "data": {"train": "digits", "image_size": 16},
-                            "model": {"encoder": "bb_convnet_tiny"}, "vae": {"decoder_width": 32},
-                            "gan": {"gen_width": 32}, "cluster": {"workers": 1}}
+                            "model": {"encoder": "bb_convnet_tiny"}, "cluster": {"workers": 1}, **narrow}
     for key, value in sections.items():
         if isinstance(value, dict):
             tree.setdefault(key, {}).update(value)

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from cluster.run_config import load_run_config
+from data_pipeline.errors import UserInputError
 from pretrain.checkpoint import (
+    CheckpointError,
     atomic_save,
     find_latest_checkpoint,
+    latest_checkpoint,
     load_checkpoint,
     load_method,
     rng_state,
@@ -166,3 +169,33 @@ def test_cpu_run_on_a_gpu_host_never_touches_cuda_generators(tmp_path, monkeypat
     fake = FakeCudaRNG(count=2, current=0).install(monkeypatch)
     tiny_trainer(torch.device("cpu"))._write(tmp_path / "cpu")
     assert "cuda" not in torch.load(tmp_path / "cpu" / "rng-rank0.pt", weights_only=True) and fake.reads == 0
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, capsys):
+    cfg = _cfg()
+    method = build_method(cfg)
+    for step in (5, 10, 15):
+        save_checkpoint(tmp_path / f"checkpoint_{step:02d}", rank=0, method_state={"model": method.state_dict()},
+                        step=step, stream={"epoch": 0, "batch": step}, config=cfg.model_dump(mode="json"))
+    newest = tmp_path / "checkpoint_15" / "state.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # a truncated write
+    latest, state = latest_checkpoint(tmp_path)
+    assert latest.name == "checkpoint_10" and state["step"] == 10
+    err = capsys.readouterr().err
+    assert "skipping unreadable checkpoint checkpoint_15" in err and "using checkpoint_10 (step 10)" in err
+    for d in ("checkpoint_05", "checkpoint_10"):
+        (tmp_path / d / "state.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no readable bigbatch checkpoint") as exc:
+        find_latest_checkpoint(tmp_path)
+    assert isinstance(exc.value, UserInputError) and "checkpoint_05/state.pt" in str(exc.value)
+    with pytest.raises(CheckpointError, match="checkpoint_15/state.pt"):  # a checkpoint named directly: no fallback
+        load_method(tmp_path / "checkpoint_15")
+
+
+def test_a_pickled_rng_file_is_refused_naming_it(tmp_path):
+    """A malicious rng-rank0.pt is refused by weights_only as a CheckpointError naming the file (a user error)."""
+    d = tmp_path / "checkpoint_r"
+    save_checkpoint(d, rank=0, method_state={"model": {}}, step=1, stream={"epoch": 0, "batch": 1}, config={})
+    torch.save({"torch": Evil()}, d / "rng-rank0.pt")
+    with pytest.raises(CheckpointError, match=r"rng-rank0\.pt: cannot be loaded as a weights-only"):
+        load_checkpoint(d)

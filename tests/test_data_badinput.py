@@ -249,4 +249,4 @@ def test_every_shard_unreadable_names_them(tmp_path, capsys):
         make_loader(spec)
     assert main(["shards", "plan", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bigbatch shards: ") and "a.tar" in err and err.count("\n") == 1
+    assert err.startswith("bigbatch shards plan: ") and "a.tar" in err and err.count("\n") == 1

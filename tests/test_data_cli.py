@@ -106,7 +106,7 @@ def test_shards_commands_answer_user_mistakes_in_one_line(tmp_path, small_shards
     for args, message in user_mistakes(tmp_path, small_shards):
         assert main(["shards", *args]) == 2, args
         out, err = capsys.readouterr()
-        assert err.startswith("bigbatch shards: ") and message in err, (args, err)
+        assert err.startswith(f"bigbatch shards {args[0]}: ") and message in err, (args, err)
         assert err.count("\n") == 1 and out == "", (args, err)
     assert not (tmp_path / "out").exists()
 
@@ -118,5 +118,5 @@ def test_the_bigbatch_command_answers_user_mistakes_without_a_traceback(tmp_path
     for args, message in (cases[0], cases[8], cases[2], cases[12]):
         r = bigbatch("shards", *args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
-        assert r.stderr.startswith("bigbatch shards: ") and message in r.stderr, (args, r.stderr)
+        assert r.stderr.startswith(f"bigbatch shards {args[0]}: ") and message in r.stderr, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and r.stdout == "", (args, r.stderr)

@@ -224,7 +224,7 @@ def test_stream_refuses_tars_its_manifest_does_not_describe(old, tmp_path, capsy
     assert report["samples_good"] + report["bad_total"] + report["samples_mismatched"] == report["samples_expected"]
     assert main(["shards", "plan", str(old)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"bigbatch shards: {old / 'digits-000000.tar'}: ") and err.count("\n") == 1
+    assert err.startswith(f"bigbatch shards plan: {old / 'digits-000000.tar'}: ") and err.count("\n") == 1
 
 
 def test_stream_refuses_a_sample_count_its_manifest_does_not_list(old):

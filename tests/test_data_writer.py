@@ -207,7 +207,7 @@ def test_strict_refuses_bad_files_before_writing(tmp_path, messy_folder, capsys)
 
     assert main(["shards", "write", str(messy_folder), str(tmp_path / "out"), "--strict", "--verify"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"bigbatch shards: {messy_folder}: 3 bad image files (--strict refuses them; nothing was "
+    assert err.startswith(f"bigbatch shards write: {messy_folder}: 3 bad image files (--strict refuses them; nothing was "
                           "written): ") and err.count("\n") == 1 and "empty.png (empty file (0 bytes))" in err
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["messy"]
 
@@ -222,7 +222,7 @@ def test_a_class_without_images_is_an_error(tmp_path, digits_folder, capsys):
     (src / "only_bad" / "x.png").write_bytes(b"")             # a class whose only file is bad
     assert main(["shards", "write", str(src), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err == (f"bigbatch shards: {src}: 2 classes without a readable image: extra, only_bad (remove their "
+    assert err == (f"bigbatch shards write: {src}: 2 classes without a readable image: extra, only_bad (remove their "
                    "folders or add images)\n")
     assert not (tmp_path / "out").exists()
 
@@ -252,6 +252,6 @@ def test_argument_clashes_are_refused_before_anything_is_written(tmp_path, digit
     for args, message in cases:
         assert main(["shards", "write", *args]) == 2, args
         err = capsys.readouterr().err
-        assert err.startswith("bigbatch shards: ") and message in err and err.count("\n") == 1, (args, err)
+        assert err.startswith("bigbatch shards write: ") and message in err and err.count("\n") == 1, (args, err)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "foreign"], args
         assert not (digits_folder / "shards").exists()

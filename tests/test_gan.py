@@ -160,9 +160,26 @@ def test_state_round_trip_gives_identical_next_step(loss, tmp_path):
 
 @pytest.mark.parametrize(("loss", "precision"), [("nonsaturating", "bf16"), ("wgan", "bf16"), ("nonsaturating", "fp16")])
 def test_mixed_precision_step(loss, precision):
+    """Both networks run under autocast (their convolutions compute in bf16/fp16) and both take real optimiser
+    steps (fp16: once GradScaler's scale backed off from overflow); parameters and loss maths stay fp32."""
     method = build(small_cfg("gan", precision=precision, model={"norm": "group"}, gan={"loss": loss, "n_critic": 1}))
-    out = method.train_step({"views": [_batches(1)[0]]}, 0)
-    assert all(math.isfinite(v) for v in out.values())
+    low = torch.bfloat16 if precision == "bf16" else torch.float16
+    seen: dict[str, set] = {"d": set(), "g": set()}
+    for net, key in ((method.discriminator, "d"), (method.generator, "g")):
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d))
+        conv.register_forward_hook(lambda m, i, o, key=key: seen[key].add(o.dtype))
+    d0 = [p.detach().clone() for p in method.discriminator.parameters()]
+    g0 = [p.detach().clone() for p in method.generator.parameters()]
+    moved = lambda before, net: any(not torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))  # noqa: E731
+    for step, batch in enumerate(_batches(16)):
+        out = method.train_step({"views": [batch]}, step)
+        assert all(math.isfinite(v) for v in out.values())
+        if moved(d0, method.discriminator) and moved(g0, method.generator):
+            break
+    else:
+        pytest.fail(f"an optimiser never stepped in 16 train steps: D moved {moved(d0, method.discriminator)}, "
+                    f"G moved {moved(g0, method.generator)}")
+    assert seen == {"d": {low}, "g": {low}}, seen
     assert all(p.dtype == torch.float32 for p in method.parameters())
 
 

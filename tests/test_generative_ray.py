@@ -7,13 +7,9 @@ import json
 
 import pytest
 import torch
+from generative_utils import digits_uint8, pixel_frechet
 
-pytest.importorskip("cluster.launch")
-pytest.importorskip("data_pipeline.stream")
-
-from generative_utils import digits_uint8, pixel_frechet  # noqa: E402
-
-from pretrain.config import RunConfig  # noqa: E402
+from pretrain.config import RunConfig
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +18,7 @@ def _run(tmp_path, method: str, steps: int, **sections):
     from cluster.launch import run_pretrain
 
     tree = {"name": f"{method}-e2e", "method": method, "batch_size": 64, "steps": steps, "log_every": 5,
-            "checkpoint_every": steps, "data": {"train": "digits", "image_size": 16},
+            "checkpoint_every": steps // 2, "data": {"train": "digits", "image_size": 16},
             "model": {"encoder": "bb_convnet_tiny"},
             "cluster": {"workers": 2, "cpus_per_worker": 1, "storage_path": str(tmp_path), "max_failures": 0},
             "eval": {"probe": False}, **sections}
@@ -34,6 +30,17 @@ def _run(tmp_path, method: str, steps: int, **sections):
     return cfg, run_dir, metrics
 
 
+def _artifacts(run_dir, kinds: list[str], steps: int) -> None:
+    """Every checkpoint's PNGs (written with it, collected into run_dir/artifacts before Ray prunes it) are images."""
+    from PIL import Image
+
+    expected = {f"{kind}-step{s:08d}.png" for kind in kinds for s in (steps // 2, steps)}
+    assert {p.name for p in (run_dir / "artifacts").glob("*.png")} == expected
+    for name in expected:
+        with Image.open(run_dir / "artifacts" / name) as img:
+            assert img.format == "PNG" and min(img.size) >= 16 * 8
+
+
 @pytest.mark.timeout(600)
 def test_vae_under_ray_two_workers_improves_the_elbo(tmp_path, ray_local):
     _, run_dir, metrics = _run(tmp_path, "vae", 40, optim={"lr": 2e-3, "weight_decay": 0.0, "warmup_fraction": 0.0},
@@ -41,6 +48,7 @@ def test_vae_under_ray_two_workers_improves_the_elbo(tmp_path, ray_local):
     first, last = metrics[0], metrics[-1]
     assert {"loss", "recon", "kl", "elbo"} <= set(last)
     assert last["elbo"] > first["elbo"] + 0.3 * abs(first["elbo"]), (first, last)
+    _artifacts(run_dir, ["vae-recon", "vae-samples"], 40)
 
 
 @pytest.mark.timeout(600)
@@ -57,3 +65,4 @@ def test_gan_under_ray_two_workers_moves_samples_towards_the_data(tmp_path, ray_
     data = digits_uint8(16)
     before, after = pixel_frechet(init.sample(500, seed=1), data), pixel_frechet(trained.sample(500, seed=1), data)
     assert after < 0.9 * before, (before, after)
+    _artifacts(run_dir, ["gan-samples"], 60)

@@ -82,7 +82,7 @@ def test_pixel_probe_on_real_digits(digits_shards):
     assert res["baselines"]["pixels"]["n_test"] + res["baselines"]["pixels"]["n_train"] == 1797
 
 
-def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards):
+def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards, capsys):
     """A few training steps in one process, then the same probe/report path the pretraining job takes."""
     from cluster.run_config import load_run_config
     from cluster.run_dir import prepare_run_dir
@@ -111,3 +111,28 @@ def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards):
     with pytest.raises(ValueError, match="not a bigbatch run directory"):
         run_row(tmp_path)
     assert torch.isfinite(torch.tensor(res["method"]["knn_top1"]))
+    # the same through the CLI: `bigbatch probe RUN … --json` and `bigbatch compare RUN --json`
+    from cluster.cli import main
+
+    capsys.readouterr()
+    assert main(["probe", str(run_dir), "--train", str(digits_shards["train"]), "--test",
+                 str(digits_shards["holdout"]), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli["checkpoint"] == res["checkpoint"] and cli["method"]["top1"] == res["method"]["top1"]
+    assert main(["compare", str(run_dir), str(run_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [row, row] and row["method"] == "simclr" and row["loss"] == "ranking"
+
+
+def test_knn_temperature_changes_the_vote():
+    """One class-0 neighbour at cosine 1 against three class-1 neighbours at cosine 0.8 (k = 4):
+    T = 0.1 weighs e^10 ≈ 22026 against 3·e^8 ≈ 8943 (class 0 wins), T = 1 weighs e ≈ 2.72 against 3·e^0.8 ≈ 6.68
+    (class 1 wins)."""
+    s = 0.8
+    other = np.sqrt(1 - s**2)
+    train = np.array([[1, 0, 0], [s, other, 0], [s, 0, other], [s, -other, 0]], dtype=np.float32)
+    y_train = np.array([0, 1, 1, 1])
+    test, y_test = np.array([[1, 0, 0]], dtype=np.float32), np.array([0])
+    assert np.exp(1 / 0.1) > 3 * np.exp(s / 0.1) and np.exp(1 / 1.0) < 3 * np.exp(s / 1.0)
+    assert knn_top1(train, y_train, test, y_test, k=4, temperature=0.1) == 1.0
+    assert knn_top1(train, y_train, test, y_test, k=4, temperature=1.0) == 0.0

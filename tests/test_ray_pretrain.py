@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import zero_images
 
 from cluster.launch import run_pretrain
 from cluster.run_config import load_run_config
@@ -20,10 +25,11 @@ pytestmark = pytest.mark.slow
 STEPS = 16
 
 
-def _cfg(tmp: Path, name: str, digits_shards, *extra: str):
+def _cfg(tmp: Path, name: str, shards, *extra: str):
+    """A fifth of the digits with two undecodable images (small_bad_shards): 16 steps cross two epoch boundaries."""
     return load_run_config(None, [
         "model.encoder=bb_convnet_tiny", "model.proj_hidden=64", "model.proj_dim=32", "data.image_size=32",
-        f"data.train={digits_shards['train']}", "batch_size=64", f"steps={STEPS}", "log_every=1",
+        f"data.train={shards['train']}", "data.max_bad_fraction=0.05", "batch_size=64", f"steps={STEPS}", "log_every=1",
         "checkpoint_every=4", "eval.probe=false", "deterministic=true", f"cluster.storage_path={tmp}",
         f"name={name}", *extra])
 
@@ -76,10 +82,11 @@ def _run_in_thread(cfg):
 
 
 @pytest.fixture(scope="module")
-def reference(ray_local, tmp_path_factory, digits_shards):
+def reference(ray_local, tmp_path_factory, small_bad_shards, digits_shards):
     tmp = tmp_path_factory.mktemp("ray_runs")
-    cfg = _cfg(tmp, "reference", digits_shards, "eval.probe=true", "eval.every_k_checkpoints=2",
-               f"data.probe_test={digits_shards['holdout']}", "eval.baselines=[pixels]")
+    cfg = _cfg(tmp, "reference", small_bad_shards, "eval.probe=true", "eval.every_k_checkpoints=2",
+               f"data.probe_train={digits_shards['train']}", f"data.probe_test={digits_shards['holdout']}",
+               "eval.baselines=[pixels]")
     run_dir = run_pretrain(cfg, show_progress=False)
     return tmp, run_dir, _losses(run_dir)
 
@@ -105,9 +112,33 @@ def test_run_directory(reference):
     assert "this run" in report and "pixels" in report and (run_dir / "loss_curve.png").exists()
 
 
-def test_killed_worker_is_restarted_from_checkpoint(reference, digits_shards):
+def test_metrics_count_bad_repeated_and_dropped_samples_per_epoch(reference, small_bad_shards):
+    """metrics.jsonl at the last step of each epoch, summed over both workers: the undecodable samples as often as
+    the epoch's plan reads them (a repeat lap reads some twice), the plan's repeated samples (the last batches
+    filled up) plus one substitute per bad read, the plan's dropped ones."""
+    from conftest import planned_reads
+
+    from data_pipeline.stream import load_source, plan_for
+    from pretrain.trainer import stream_spec
+
+    _, run_dir, _ = reference
+    cfg = _cfg(run_dir.parent, "reference", small_bad_shards)
+    spec = stream_spec(cfg, 2, num_views=2)
+    logs = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+    manifest = load_source(spec.source)
+    for epoch in (0, 1):
+        plan = plan_for(spec, manifest, 2, epoch)
+        bad = planned_reads(plan, manifest, small_bad_shards["shard"], small_bad_shards["positions"])
+        last = max((m for m in logs if m["epoch"] == epoch), key=lambda m: m["step"])
+        assert last["step"] == plan.steps * (epoch + 1) and bad >= 2
+        assert (last["epoch_bad_samples"], last["epoch_repeated_samples"], last["epoch_dropped_samples"]) == \
+            (bad, plan.repeated + bad, plan.dropped), last
+    assert plan.repeated > 0
+
+
+def test_killed_worker_is_restarted_from_checkpoint(reference, small_bad_shards):
     tmp, _, ref = reference
-    cfg = _cfg(tmp, "killed", digits_shards, "cluster.max_failures=2")
+    cfg = _cfg(tmp, "killed", small_bad_shards, "cluster.max_failures=2")
     thread, box = _run_in_thread(cfg)
     _kill_worker_when(tmp / "killed", min_step=6, rank=1)
     thread.join(600)
@@ -122,13 +153,13 @@ def test_killed_worker_is_restarted_from_checkpoint(reference, digits_shards):
         assert loss == pytest.approx(ref[s], rel=1e-4, abs=1e-5), s
 
 
-def test_stopped_run_resumes_by_name(reference, digits_shards):
+def test_stopped_run_resumes_by_name(reference, small_bad_shards):
     tmp, _, ref = reference
-    thread, box = _run_in_thread(_cfg(tmp, "stopped", digits_shards, "cluster.max_failures=0"))
+    thread, box = _run_in_thread(_cfg(tmp, "stopped", small_bad_shards, "cluster.max_failures=0"))
     _kill_worker_when(tmp / "stopped", min_step=6, rank=0)
     thread.join(600)
     assert "error" in box  # no retries allowed: the run stops
-    run_dir = run_pretrain(_cfg(tmp, "stopped", digits_shards), show_progress=False)  # rerun the same name
+    run_dir = run_pretrain(_cfg(tmp, "stopped", small_bad_shards), show_progress=False)  # rerun the same name
     summary = json.loads((run_dir / "train_summary.json").read_text())
     resumed_at = summary["resumed_at_steps"][0]
     assert resumed_at >= 4 and summary["final"]["step"] == STEPS
@@ -140,8 +171,48 @@ def test_stopped_run_resumes_by_name(reference, digits_shards):
         assert loss == pytest.approx(ref[s], rel=1e-4, abs=1e-5), s
 
 
-def test_rerun_with_other_model_is_refused(reference, digits_shards):
+def test_rerun_with_other_model_is_refused(reference, small_bad_shards):
     from cluster.run_config import ConfigError
     tmp, _, _ = reference
-    with pytest.raises(ConfigError, match="different model"):
-        run_pretrain(_cfg(tmp, "reference", digits_shards, "model.proj_dim=16"), show_progress=False)
+    with pytest.raises(ConfigError, match=r"model.proj_dim: 32 → 16.*--allow-changes"):
+        run_pretrain(_cfg(tmp, "reference", small_bad_shards, "model.proj_dim=16"), show_progress=False)
+
+
+def test_bad_shards_end_the_run_at_once_with_exit_2(digits_shards, tmp_path):
+    """A deterministic error in a worker (too many bad samples) is not retried: `bigbatch pretrain` exits 2 at the
+    first failure with bigbatch's one-line message naming the shard, not Ray's WorkerGroupError traceback."""
+    shards = tmp_path / "shards"
+    shutil.copytree(digits_shards["train"], shards)
+    bad = sorted(shards.glob("*.tar"))[0]
+    zero_images(bad)
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "pretrain", f"data.train={shards}", "steps=8",
+                          "batch_size=32", "model.encoder=bb_convnet_tiny", "data.image_size=16", "eval.probe=false",
+                          "cluster.max_failures=2", f"cluster.storage_path={tmp_path}", "--name", "bad", "--no-progress"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "BIGBATCH_DEBUG": ""})
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "WorkerGroupError" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("bigbatch pretrain: ") and "exceed max_bad_fraction" in last and bad.name in last, last
+    events = [json.loads(x) for x in (tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()]
+    end = next(m for m in events if m.get("event") == "end")
+    assert end["restarts"] == 0  # max_failures=2, yet the worker group ran once
+
+
+def test_a_refused_checkpoint_on_resume_ends_the_run_at_once(ray_local, small_bad_shards, tmp_path):
+    """A resumed run whose checkpoint holds a pickled object (refused by weights_only) stops at the first attempt
+    with the CheckpointError naming the file."""
+    from pretrain.checkpoint import CheckpointError
+
+    run_dir = run_pretrain(_cfg(tmp_path, "poisoned", small_bad_shards, "steps=4"), show_progress=False)
+    latest = max((d for d in run_dir.glob("checkpoint_*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    torch.save({"torch": _Pickled()}, latest / "rng-rank0.pt")
+    with pytest.raises(CheckpointError, match=r"rng-rank0\.pt: cannot be loaded as a weights-only") as exc:
+        run_pretrain(_cfg(tmp_path, "poisoned", small_bad_shards, "steps=8", "cluster.max_failures=2"),
+                     show_progress=False)
+    assert latest.name in str(exc.value)
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["restarts"] for m in events if m.get("event") == "end"] == [0, 0]
+
+
+class _Pickled:
+    """Any pickled object: a checkpoint must hold tensors, numbers, strings, lists and dicts only."""

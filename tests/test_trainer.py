@@ -48,6 +48,42 @@ def test_resumed_run_matches_uninterrupted(tmp_path, digits_shards):
     assert full_loss[8] != pytest.approx(full_loss[1])  # it trains
 
 
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_resume_across_an_epoch_boundary_and_the_epochs_counts(tmp_path, small_bad_shards, offset):
+    """Killed right after the checkpoint of the last-but-one / last step of epoch 0 or the first of epoch 1: the
+    resumed run crosses into epoch 1 with the uninterrupted run's losses. The counts logged at the end of epoch 0
+    are the plan's: the undecodable samples as often as the plan reads them, the plan's repeated samples plus one
+    substitute per bad read, the plan's dropped samples."""
+    from conftest import planned_reads
+
+    from data_pipeline.stream import load_source, plan_for
+
+    cfg = load_run_config(None, [*TINY, f"data.train={small_bad_shards['train']}", "batch_size=64",
+                                 "data.max_bad_fraction=0.05", "log_every=1", "checkpoint_every=1",
+                                 "cluster.workers=1", "deterministic=true", "steps=1"])
+    probe = Trainer(cfg, rank=0, world_size=1, device=torch.device("cpu"), hooks=LocalHooks(tmp_path / "p"))
+    manifest = load_source(probe.spec.source)
+    spe, plan = probe.steps_per_epoch, plan_for(probe.spec, manifest, 1, 0)
+    bad = planned_reads(plan, manifest, small_bad_shards["shard"], small_bad_shards["positions"])
+    cfg = cfg.model_copy(update={"steps": spe + 2})
+    _, full = run_single_process(cfg, tmp_path / "full")
+    end0 = next(m for m in full.logs if m["step"] == spe)
+    assert end0["epoch"] == 0 and full.logs[-1]["epoch"] == 1
+    assert (end0["epoch_bad_samples"], end0["epoch_repeated_samples"], end0["epoch_dropped_samples"]) == \
+        (bad, plan.repeated + bad, plan.dropped)
+    assert bad >= len(small_bad_shards["bad"])
+    assert plan.repeated > 0  # the epoch's last batch is filled up: the count is not vacuous
+    cut = spe + offset
+    with pytest.raises(Crash):
+        Trainer(cfg, rank=0, world_size=1, device=torch.device("cpu"), hooks=CrashAfter(tmp_path / "cut", cut)).fit()
+    _, resumed = run_single_process(cfg, tmp_path / "cut")
+    full_loss = {m["step"]: m["loss"] for m in full.logs}
+    resumed_loss = {m["step"]: m["loss"] for m in resumed.logs}
+    assert sorted(resumed_loss) == list(range(cut + 1, spe + 3))
+    for s, loss in resumed_loss.items():
+        assert loss == pytest.approx(full_loss[s], rel=1e-5, abs=1e-6), s
+
+
 def test_cpu_trainer_flushes_denormals(tmp_path, digits_shards):
     """Denormal floats (|x| < 1.2e-38) are flushed to zero on CPU: they make x86 backward passes ~100x slower."""
     torch.set_flush_denormal(False)
@@ -112,11 +148,20 @@ class FixedLoader:
                    "label": torch.zeros(n, dtype=torch.long), "key": [""] * n}
 
 
+def _fixed_loader(self, epoch, start_batch):
+    return FixedLoader(self.rank, self.world_size)
+
+
+def _worker_trajectory(rank, world, port, loss_name, out):
+    """A spawned process of its own: replacing the Trainer's loader there lasts as long as that process."""
+    Trainer._loader = _fixed_loader
+    _trajectory(rank, world, port, loss_name, out)
+
+
 def _trajectory(rank, world, port, loss_name, out):
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    Trainer._loader = lambda self, epoch, start_batch: FixedLoader(self.rank, self.world_size)
     cfg = load_run_config(None, [*TINY, "model.norm=group", "data.train=fixed", f"batch_size={GLOBAL}",
                                  f"steps={STEPS}", "log_every=1", "checkpoint_every=1000",
                                  f"cluster.workers={world}", f"loss.name={loss_name}", "optim.name=adamw",
@@ -140,13 +185,14 @@ def _free_port():
 
 
 @pytest.mark.parametrize("loss_name", ["ranking", "spectral"])
-def test_two_workers_match_one(loss_name):
+def test_two_workers_match_one(loss_name, monkeypatch):
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
+    monkeypatch.setattr(Trainer, "_loader", _fixed_loader)  # undone after the test: later Trainers read real data
     _trajectory(0, 1, 0, loss_name, out)
     single = out.get()
     port = _free_port()
-    procs = [ctx.Process(target=_trajectory, args=(r, 2, port, loss_name, out)) for r in range(2)]
+    procs = [ctx.Process(target=_worker_trajectory, args=(r, 2, port, loss_name, out)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:

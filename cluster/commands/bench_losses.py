@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+
+from data_pipeline.errors import UserInputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,12 +32,10 @@ def run(args: argparse.Namespace) -> int:
     losses = args.losses or list(LOSSES)
     unknown = [x for x in losses if x not in LOSSES]
     if unknown:
-        print(f"bigbatch bench losses: unknown loss {unknown[0]!r} (choose from {', '.join(LOSSES)})")
-        return 2
+        raise UserInputError(f"--losses: unknown loss {unknown[0]!r} (choose from {', '.join(LOSSES)})")
     problem = device_problem(args.device, args.world_size)
     if problem:
-        print(f"bigbatch bench losses: {problem}", file=sys.stderr)
-        return 2
+        raise UserInputError(problem)
     caps = {name: args.max_quadratic for name in QUADRATIC} if args.max_quadratic else None
     if not args.json:
         where = "gloo on CPU" if args.device == "cpu" else "NCCL, one GPU per rank"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from data_pipeline.errors import UserInputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,17 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None, help="needed without a checkpoint")
     p.add_argument("--no-knn", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _source(name: str) -> str:
@@ -41,21 +34,18 @@ def _source(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint is None and not args.baseline:
+        raise UserInputError("give a checkpoint/run directory, or --baseline")
+    if args.checkpoint is None and args.image_size is None:
+        raise UserInputError("--image-size is needed without a checkpoint")
+    import torch
+
     from eval.run_probe import probe_run
 
-    if args.checkpoint is None and not args.baseline:
-        print("bigbatch probe: give a checkpoint/run directory, or --baseline", file=sys.stderr)
-        return 2
-    if args.checkpoint is None and args.image_size is None:
-        print("bigbatch probe: --image-size is needed without a checkpoint", file=sys.stderr)
-        return 2
-    try:
-        res = probe_run(args.checkpoint, _source(args.train), _source(args.test), baselines=args.baseline,
-                        knn=not args.no_knn, seed=args.seed, device=args.device, image_size=args.image_size,
-                        encoder=args.encoder)
-    except (ValueError, OSError, ImportError) as exc:  # ImportError: no s3fs/gcsfs for the URL
-        print(f"bigbatch probe: {exc}", file=sys.stderr)
-        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    res = probe_run(args.checkpoint, _source(args.train), _source(args.test), baselines=args.baseline,
+                    knn=not args.no_knn, seed=args.seed, device=device, image_size=args.image_size,
+                    encoder=args.encoder)
     if not args.json:
         print(f"{'representation':16s} {'top-1':>7s} {'top-5':>7s} {'kNN':>7s} {'L2':>7s} {'dim':>6s}")
         rows = ([("checkpoint", res["method"])] if "method" in res else []) + list(res["baselines"].items())

@@ -7,10 +7,7 @@ unreachable URL, …) is one line on stderr, ``bigbatch shards: MESSAGE``, and e
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
-from collections.abc import Callable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,12 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--name", default=None, help="shard name prefix (default: the source's name)")
     w.add_argument("--verify", action="store_true", help="decode every image fully (default: read its header)")
     w.add_argument("--strict", action="store_true", help="refuse to write when any image is bad (default: skip it)")
-    w.set_defaults(func=_user_errors(run_write))
+    w.set_defaults(func=run_write)
 
     i = sub.add_parser("inspect", help="decode every sample: per-class counts, bad samples by kind")
     i.add_argument("source", help="shard dir / manifest URL / brace pattern")
     i.add_argument("--json", action="store_true", help="print one JSON object")
-    i.set_defaults(func=_user_errors(run_inspect))
+    i.set_defaults(func=run_inspect)
 
     p = sub.add_parser("plan", help="which shards/samples/steps every rank and worker reads in an epoch")
     p.add_argument("source", help="shard dir / manifest URL / brace pattern")
@@ -48,22 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-shuffle", action="store_true")
     p.add_argument("--no-equalize", action="store_true", help="the probe pass: each sample once, last batch partial")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_user_errors(run_plan))
+    p.set_defaults(func=run_plan)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
-
-
-def _user_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A UserInputError becomes ``bigbatch shards: MESSAGE`` on stderr and exit code 2."""
-    @functools.wraps(run)
-    def wrapped(args: argparse.Namespace) -> int:
-        from data_pipeline.errors import UserInputError
-
-        try:
-            return run(args)
-        except UserInputError as exc:
-            print(f"bigbatch shards: {exc}", file=sys.stderr)
-            return 2
-    return wrapped
 
 
 def run_write(args: argparse.Namespace) -> int:

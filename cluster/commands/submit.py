@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.errors import UserInputError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("submit", help="submit a pretraining job to a Ray cluster (Ray Jobs API)")
@@ -25,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pip", action="append", default=[], help="extra pip requirement for the job's runtime env (repeatable)")
     p.add_argument("--wait", action="store_true", help="wait for the job, print its logs, exit with its status")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait")
+    p.add_argument("--allow-changes", action="store_true", help="passed to the job's `bigbatch pretrain`")
     p.add_argument("--connect-timeout", type=float, default=120.0,
                    help="seconds to keep retrying while the cluster is not yet ready to take jobs")
     p.set_defaults(func=run)
@@ -59,17 +62,16 @@ def submit_when_ready(make_client: Callable[[], Any], entry: str, runtime_env: d
 
 def run(args: argparse.Namespace) -> int:
     from cluster.commands.pretrain import split_items
-    from cluster.run_config import ConfigError, load_run_config
+    from cluster.run_config import load_run_config
 
     config, overrides = split_items(args.items)
-    try:  # validate locally: a bad key fails here, not on the cluster
-        load_run_config(config, overrides)
-    except ConfigError as exc:
-        print(f"bigbatch submit: {exc}", file=sys.stderr)
-        return 2
+    load_run_config(config, overrides)  # validate locally: a bad key fails here, not on the cluster
     from cluster.ray_connect import code_runtime_env
 
-    items = list(args.items)
+    items = [config, *overrides] if config else list(overrides)
+    if args.allow_changes:
+        items.append("--allow-changes")
+
     runtime_env: dict = code_runtime_env()
     if args.pip:
         runtime_env["pip"] = args.pip
@@ -84,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
             client, job_id = submit_when_ready(lambda: JobSubmissionClient(args.address), entrypoint(items),
                                                runtime_env, args.connect_timeout)
         except (RuntimeError, ConnectionError) as exc:
-            print(f"bigbatch submit: the Jobs API at {args.address} did not take the job within "
-                  f"{args.connect_timeout:.0f} s: {exc}", file=sys.stderr)
-            return 1
+            raise UserInputError(f"the Jobs API at {args.address} did not take the job within "
+                                 f"{args.connect_timeout:.0f} s: {' '.join(str(exc).split())[:300]}") from exc
     print(f"submitted job {job_id} to {args.address}")
     print(f"  follow: ray job logs --address {args.address} --follow {job_id}")
     if not args.wait:

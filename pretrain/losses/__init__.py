@@ -15,19 +15,19 @@ from pretrain.losses.ranking import RankingNCE
 from pretrain.losses.spectral import SpectralContrastive
 
 if TYPE_CHECKING:
-    from pretrain.config import LossConfig
+    from pretrain.config import BinaryLoss, RankingBlockwiseLoss, RankingLoss, SpectralLoss
 
 __all__ = ["BinaryNCE", "RankingNCE", "SpectralContrastive", "build_loss"]
 
 
-def build_loss(cfg: LossConfig) -> nn.Module:
+def build_loss(cfg: RankingLoss | RankingBlockwiseLoss | BinaryLoss | SpectralLoss) -> nn.Module:
     """ranking | ranking-blockwise | binary | spectral, from the run config's loss section."""
     if cfg.name == "ranking":
         return RankingNCE(cfg.temperature)
     if cfg.name == "ranking-blockwise":
         return RankingNCE(cfg.temperature, block_size=cfg.block_size)
     if cfg.name == "binary":
-        return BinaryNCE(cfg.num_negatives, all_pairs=cfg.all_pairs)
+        return BinaryNCE(cfg.num_negatives or 1, all_pairs=cfg.all_pairs)  # None with all_pairs
     if cfg.name == "spectral":
         return SpectralContrastive(cfg.mu)
     raise ValueError(f"unknown loss {cfg.name!r}")

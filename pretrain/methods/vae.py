@@ -2,9 +2,9 @@
 decoder → p(x|z), Gaussian (fixed or learned shared σ) or Bernoulli. Loss per image = recon + β·KL, where
 recon = −log p(x|z) (one sample of z) and KL is closed-form; with β = 1 the loss is −ELBO (nats per image).
 
-Optimiser: ``vae.optimizer`` (AdamW by default — LARS's layer-wise trust ratio is a large-batch contrastive
-recipe; a VAE's decoder and its likelihood scale train reliably with Adam), with lr, weight decay and warmup +
-cosine from the ``optim`` section. Representation: μ (``vae.representation=mu``) or the encoder's pooled features.
+Optimiser: the ``optim`` section (``optim.name`` AdamW by default for the VAE — LARS's layer-wise trust ratio is a
+large-batch contrastive recipe; a VAE's decoder and its likelihood scale train reliably with Adam), with lr, weight
+decay and warmup + cosine. Representation: μ (``vae.representation=mu``) or the encoder's pooled features.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class VAE(PretrainMethod):
         return self.net.encoder
 
     def configure(self, total_steps: int, device: torch.device, wrap: Wrap) -> None:
-        optim_cfg = self.cfg.optim.model_copy(update={"name": self.cfg.vae.optimizer})
+        optim_cfg = self.cfg.optim
         opt = build_optimizer(self.net, optim_cfg, self.cfg.batch_size)
         self.optimizers = {"vae": opt}
         self.schedulers = {"vae": WarmupCosine(opt, total_steps, optim_cfg.warmup_fraction, optim_cfg.min_lr_ratio)}

@@ -1,0 +1,84 @@
+"""The optimiser: LARS's trust ratio against a float64 hand computation, lr = base·B/256, no weight decay and no
+LARS adaptation on norms and biases, and the warmup + cosine schedule at given steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain.config import OptimConfig
+from pretrain.optim import WarmupCosine, base_lr, build_optimizer
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    for p in net.parameters():  # non-trivial norms everywhere, and gradients of a known value
+        p.data.normal_()
+        p.grad = torch.randn_like(p)
+    return net
+
+
+def test_lr_scales_with_the_global_batch():
+    assert base_lr(OptimConfig(name="lars"), 512) == pytest.approx(0.3 * 512 / 256)
+    assert base_lr(OptimConfig(name="adamw"), 1024) == pytest.approx(1e-3 * 1024 / 256)
+    assert base_lr(OptimConfig(name="lars", lr=0.05), 4096) == 0.05  # a given lr is taken as it is
+
+
+def test_lars_step_matches_a_float64_hand_computation():
+    """Matrices: u = lr·τ·(g + λw) with τ = η‖w‖ / (‖g‖ + λ‖w‖ + ε); norms and biases: plain u = lr·g (no decay,
+    no adaptation). First step with momentum: the buffer is the (adapted) gradient itself."""
+    net = _net()
+    wd, eta, eps, batch = 1e-2, 1e-3, 1e-8, 512
+    lr = 0.3 * batch / 256
+    before = {n: (p.detach().double().clone(), p.grad.double().clone()) for n, p in net.named_parameters()}
+    opt = build_optimizer(net, OptimConfig(name="lars", weight_decay=wd, momentum=0.9), batch)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert {n for n, p in net.named_parameters() if id(p) in decayed} == {"0.weight", "2.weight"}
+    opt.step()
+    for name, p in net.named_parameters():
+        w, g = before[name]
+        if w.ndim > 1:
+            trust = eta * w.norm() / (g.norm() + wd * w.norm() + eps)
+            expected = w - lr * trust * (g + wd * w)
+            assert float(trust) < 0.01  # the adaptation is real: far from 1
+        else:
+            expected = w - lr * g
+        torch.testing.assert_close(p.detach().double(), expected, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_adamw_decays_matrices_only():
+    net = _net()
+    opt = build_optimizer(net, OptimConfig(name="adamw"), 256)
+    assert isinstance(opt, torch.optim.AdamW)
+    by_decay = {g["weight_decay"]: sorted(tuple(p.shape) for p in g["params"]) for g in opt.param_groups}
+    assert by_decay == {0.05: [(3, 5), (5, 6)], 0.0: [(3,), (5,), (5,), (5,)]}
+    assert all(g["lr"] == pytest.approx(1e-3) for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("min_ratio", [0.0, 0.1])
+def test_warmup_then_cosine_at_given_steps(min_ratio):
+    """100 steps, 10 % warmup from lr0·1e-3 linearly to lr0, then lr_min + ½(lr0 − lr_min)(1 + cos(π t/90))."""
+    net = _net()
+    opt = build_optimizer(net, OptimConfig(name="lars"), 256)
+    lr0 = 0.3
+    sched = WarmupCosine(opt, total_steps=100, warmup_fraction=0.1, min_lr_ratio=min_ratio)
+    lr_min = min_ratio * lr0
+
+    def expected(step: int) -> float:
+        if step < 10:
+            return lr0 * 1e-3 + step * (lr0 - lr0 * 1e-3) / 10
+        return lr_min + 0.5 * (lr0 - lr_min) * (1 + math.cos(math.pi * (step - 10) / 90))
+
+    got = {0: opt.param_groups[0]["lr"]}
+    for step in range(1, 101):
+        sched.step()
+        got[step] = opt.param_groups[0]["lr"]
+        assert len({g["lr"] for g in opt.param_groups}) == 1  # every group follows the schedule
+    for step in (0, 5, 10, 55, 99, 100):
+        assert got[step] == pytest.approx(expected(step), rel=1e-9, abs=1e-12), step
+    assert got[10] == pytest.approx(lr0) and got[55] == pytest.approx((lr0 + lr_min) / 2)
+    assert got[100] == pytest.approx(lr_min, abs=1e-12)
