@@ -60,9 +60,9 @@ CASES = {
     "binary-all-pairs": ["loss.name=binary", "loss.all_pairs=true"],
     "binary": ["loss.name=binary", "loss.num_negatives=2"],
     "spectral": ["loss.name=spectral"],
-    "vae": ["method=vae", "vae.learn_sigma=true"],
-    "gan": ["method=gan", "gan.n_critic=2"],
-    "wgan": ["method=gan", "gan.loss=wgan", "gan.n_critic=2", "model.norm=none"],
+    "vae": ["method=vae", "vae.learn_sigma=true", "vae.decoder_width=16"],
+    "gan": ["method=gan", "gan.n_critic=2", "gan.gen_width=16"],
+    "wgan": ["method=gan", "gan.loss=wgan", "gan.n_critic=2", "model.norm=none", "gan.gen_width=16"],
 }
 
 
@@ -72,8 +72,7 @@ def test_no_host_reads_between_log_steps(case, tmp_path, digits_shards, monkeypa
     cfg = load_run_config(None, ["model.encoder=bb_convnet_tiny", "model.proj_hidden=32", "data.image_size=16",
                                  f"data.train={digits_shards['train']}", "data.loader_workers=0", "batch_size=32",
                                  "cluster.workers=1", f"steps={steps}", f"log_every={steps}",
-                                 f"checkpoint_every={steps}", "vae.decoder_width=16", "gan.gen_width=16",
-                                 *CASES[case]])
+                                 f"checkpoint_every={steps}", *CASES[case]])
     hooks = LocalHooks(tmp_path, 1)
     trainer = Trainer(cfg, rank=0, world_size=1, device=torch.device("cpu"), hooks=hooks)
     reads, seen = HostReads(monkeypatch.setattr), []
