@@ -1,4 +1,4 @@
-"""Loss values and gradients against float64 references written from DESIGN.md §3's formulas; the memory-bounded
+"""Loss values and gradients against float64 references written from docs/design.md ("Losses")'s formulas; the memory-bounded
 ranking form against the plain one; bf16 autocast; masking without overflow."""
 
 from __future__ import annotations
