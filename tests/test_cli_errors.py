@@ -1,5 +1,5 @@
 """Every subcommand answers a user's mistake with one line `bigbatch COMMAND: MESSAGE` naming the input, exit code 2
-and no traceback (real CLI processes; each fails before Ray or any training starts). --debug adds the traceback; a
+and no traceback (each fails before Ray or any training starts; real CLI processes for --debug and the bugs). --debug adds the traceback; a
 bug (any other exception) keeps its traceback and exit code 1."""
 
 from __future__ import annotations
@@ -93,12 +93,18 @@ CASES = [
 
 
 @pytest.mark.parametrize(("line", "command", "fragments"), CASES, ids=[c[0].split(" {")[0][:40] for c in CASES])
-def test_user_mistake_is_one_line_exit_2(bad, line, command, fragments):
-    out = _cli(line.format(**bad).split())
-    assert out.returncode == 2, out.stderr[-3000:]
-    assert "Traceback" not in out.stderr, out.stderr[-3000:]
-    lines = [x for x in out.stderr.splitlines() if x.startswith(f"bigbatch {command}: ")]
-    assert len(lines) == 1, out.stderr[-3000:]
+def test_user_mistake_is_one_line_exit_2(bad, line, command, fragments, capsys, monkeypatch):
+    """In this process (the entry point's own handler; real processes: test_debug_shows_the_traceback and the
+    promise checks); a refused connection is retried once without backoff."""
+    monkeypatch.delenv("BIGBATCH_DEBUG", raising=False)
+    monkeypatch.setenv("BIGBATCH_IO_RETRIES", "1")
+    monkeypatch.setenv("BIGBATCH_IO_BACKOFF", "0")
+    code = main(line.format(**bad).split())
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [x for x in err.splitlines() if x.startswith(f"bigbatch {command}: ")]
+    assert len(lines) == 1, err[-3000:]
     for fragment in fragments:
         assert fragment.format(**bad) in lines[0], lines[0]
 

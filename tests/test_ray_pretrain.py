@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -178,36 +176,41 @@ def test_rerun_with_other_model_is_refused(reference, small_bad_shards):
         run_pretrain(_cfg(tmp, "reference", small_bad_shards, "model.proj_dim=16"), show_progress=False)
 
 
-def test_bad_shards_end_the_run_at_once_with_exit_2(digits_shards, tmp_path):
+def test_bad_shards_end_the_run_at_once_with_exit_2(ray_local, digits_shards, tmp_path, capsys, monkeypatch):
     """A deterministic error in a worker (too many bad samples) is not retried: `bigbatch pretrain` exits 2 at the
     first failure with bigbatch's one-line message naming the shard, not Ray's WorkerGroupError traceback."""
+    from cluster.cli import main
+
+    monkeypatch.delenv("BIGBATCH_DEBUG", raising=False)
     shards = tmp_path / "shards"
     shutil.copytree(digits_shards["train"], shards)
     bad = sorted(shards.glob("*.tar"))[0]
     zero_images(bad)
-    out = subprocess.run([sys.executable, "-m", "cluster.cli", "pretrain", f"data.train={shards}", "steps=8",
-                          "batch_size=32", "model.encoder=bb_convnet_tiny", "data.image_size=16", "eval.probe=false",
-                          "cluster.max_failures=2", f"cluster.storage_path={tmp_path}", "--name", "bad", "--no-progress"],
-                         capture_output=True, text=True, timeout=900, env={**os.environ, "BIGBATCH_DEBUG": ""})
-    assert out.returncode == 2, out.stderr[-3000:]
-    assert "Traceback" not in out.stderr and "WorkerGroupError" not in out.stderr, out.stderr[-3000:]
-    last = out.stderr.strip().splitlines()[-1]
+    code = main(["pretrain", f"data.train={shards}", "steps=8", "batch_size=32", "model.encoder=bb_convnet_tiny",
+                 "data.image_size=16", "eval.probe=false", "cluster.max_failures=2", f"cluster.storage_path={tmp_path}",
+                 "--name", "bad", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err and "WorkerGroupError" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
     assert last.startswith("bigbatch pretrain: ") and "exceed max_bad_fraction" in last and bad.name in last, last
     events = [json.loads(x) for x in (tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()]
     end = next(m for m in events if m.get("event") == "end")
     assert end["restarts"] == 0  # max_failures=2, yet the worker group ran once
 
 
-def test_a_refused_checkpoint_on_resume_ends_the_run_at_once(ray_local, small_bad_shards, tmp_path):
+def test_a_refused_checkpoint_on_resume_ends_the_run_at_once(reference, small_bad_shards):
     """A resumed run whose checkpoint holds a pickled object (refused by weights_only) stops at the first attempt
-    with the CheckpointError naming the file."""
+    with the CheckpointError naming the file (a copy of the reference run, poisoned)."""
     from pretrain.checkpoint import CheckpointError
 
-    run_dir = run_pretrain(_cfg(tmp_path, "poisoned", small_bad_shards, "steps=4"), show_progress=False)
+    tmp, ref_dir, _ = reference
+    run_dir = tmp / "poisoned"
+    shutil.copytree(ref_dir, run_dir)
     latest = max((d for d in run_dir.glob("checkpoint_*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
     torch.save({"torch": _Pickled()}, latest / "rng-rank0.pt")
     with pytest.raises(CheckpointError, match=r"rng-rank0\.pt: cannot be loaded as a weights-only") as exc:
-        run_pretrain(_cfg(tmp_path, "poisoned", small_bad_shards, "steps=8", "cluster.max_failures=2"),
+        run_pretrain(_cfg(tmp, "poisoned", small_bad_shards, f"steps={STEPS + 4}", "cluster.max_failures=2"),
                      show_progress=False)
     assert latest.name in str(exc.value)
     events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

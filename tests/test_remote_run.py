@@ -43,7 +43,7 @@ def test_run_lives_in_the_bucket(s3_endpoint, digits_shards, tmp_path, monkeypat
     url, mlflow_uri = "s3://team/runs/remote", f"file://{tmp_path / 'mlruns'}"
     items = ["model.encoder=bb_convnet_tiny", "model.proj_hidden=64", "model.proj_dim=32", "data.image_size=16",
              f"data.train={digits_shards['train']}", f"data.probe_test={digits_shards['holdout']}", "batch_size=64",
-             "log_every=2", "checkpoint_every=2", "cluster.workers=2", "cluster.storage_path=s3://team/runs",
+             "log_every=2", "checkpoint_every=2", "cluster.workers=1", "cluster.storage_path=s3://team/runs",
              "name=remote", "tracking.backends=[tensorboard,mlflow,wandb]", f"tracking.mlflow_uri={mlflow_uri}"]
     _cli(env, "pretrain", *items, "steps=4", "--no-progress")
 
