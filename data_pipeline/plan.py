@@ -126,9 +126,9 @@ def supported_world_sizes(lanes: int, batch_size: int) -> list[int]:
 def check_world_size(world_size: int, lanes: int, batch_size: int) -> None:
     """ValueError naming the supported world sizes unless ``world_size`` divides ``lanes`` and ``batch_size``."""
     if lanes % world_size or batch_size % world_size:
-        raise ValueError(f"world size {world_size} does not divide data.lanes={lanes} and the global batch "
+        raise ValueError(f"world size {world_size} does not divide the {lanes} lanes and the global batch "
                          f"{batch_size}: the supported world sizes are "
-                         f"{', '.join(map(str, supported_world_sizes(lanes, batch_size)))} (data.lanes fixes the "
+                         f"{', '.join(map(str, supported_world_sizes(lanes, batch_size)))} (the lanes fix the "
                          "epoch's order; choose lanes divisible by every world size the run may have)")
 
 
