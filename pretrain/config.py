@@ -124,7 +124,10 @@ class ClusterConfig(Strict):
     gpus_per_worker: float = Field(0.0, ge=0, description="0 (CPU, gloo) or 1 (one GPU per worker, NCCL)")
     address: str | None = Field(None, description="existing Ray cluster (ray://… or host:port); None: embedded local Ray")
     storage_path: str | None = Field(None, description="local dir, NFS path or s3://…; None: ~/bigbatch_runs")
-    max_failures: int = Field(2, ge=-1)
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts after failures (-1: unlimited)")
+    resize_interval_s: float = Field(60.0, gt=0, description="elastic runs (workers=[min, max]): how often a running "
+                                     "group checks whether more workers fit (growing restarts it from its latest "
+                                     "checkpoint)")
     num_to_keep: int = Field(2, ge=1)
     threads_per_worker: int | None = Field(None, ge=1, description="torch intra-op threads; None: cpus_per_worker")
 
