@@ -68,10 +68,13 @@ def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: b
            periodic: bool) -> tuple[dict, ProbeTasks]:
     """Ray Train's fit with the driver polling progress, checkpoints, periodic probes; the run's summary."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from cluster.progress import MetricsSink, ProgressActor
+    from cluster.progress import MetricsSink, ProgressActor, resizes
 
-    progress = ProgressActor.remote()
+    # on the driver's node (as Ray Train's controller): losing another node does not lose the run's progress
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress = ProgressActor.options(scheduling_strategy=here).remote()
     trainer = build_trainer(cfg, run_dir.storage, progress)
     sink = MetricsSink(run_dir.local, cfg.steps, show=show_progress, trackers=trackers)
     sink.event("start", name=cfg.name, workers=cfg.cluster.workers, storage=run_dir.storage)
@@ -103,7 +106,7 @@ def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: b
     finally:
         summary = {"name": cfg.name, "run_dir": str(run_dir.local), "storage": run_dir.storage, "url": run_dir.url,
                    "wall_time_s": time.time() - t0, "restarts": max(0, sink.starts - 1),
-                   "resumed_at_steps": sink.resumed_at, "workers": monitor.workers,
+                   "resumed_at_steps": sink.resumed_at, "resizes": resizes(sink.groups), "workers": monitor.workers,
                    "stop_reason": sink.last.get("stop_reason"), "final": sink.last,
                    "driver": {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
                               "pid": os.getpid()}}

@@ -1,7 +1,8 @@
 """Driver-side progress: a Ray actor the rank-0 worker pushes metrics to, and the driver's view of them
 (tqdm bar with step, loss, images/s and time left; ``metrics.jsonl`` in the run dir; the experiment trackers).
 
-The actor outlives worker restarts, so it also counts how many times the worker group (re)started.
+The actor outlives worker restarts, so it also counts how many times the worker group (re)started, with which world
+size and from which step: :func:`resizes` turns that into the run's resize records.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ class ProgressActor:
         self.starts = 0
         self.resumed_at: list[int] = []
         self.workers: dict[int, dict[str, Any]] = {}
+        self.groups: list[dict[str, int]] = []   # every worker-group start: {"world_size", "step" resumed from}
 
     def register_worker(self, rank: int, info: dict[str, Any]) -> None:
         """Each worker (and each restarted one) reports its node, host and PID."""
         self.workers[rank] = info
+        self._forget_ranks_beyond()
 
     def worker_info(self) -> dict[int, dict[str, Any]]:
         return dict(self.workers)
@@ -33,15 +36,36 @@ class ProgressActor:
     def push(self, metrics: dict[str, Any]) -> None:
         self.events.append(metrics)
 
-    def started(self) -> None:
+    def started(self, world_size: int = 0) -> None:
+        """Rank 0 of a (re)started worker group, before it restores a checkpoint."""
         self.starts += 1
+        self.groups.append({"world_size": world_size, "step": 0})
+        self._forget_ranks_beyond()
+
+    def _forget_ranks_beyond(self) -> None:
+        """A smaller group's table keeps only its ranks."""
+        if self.groups and self.groups[-1]["world_size"]:
+            self.workers = {r: i for r, i in self.workers.items() if r < self.groups[-1]["world_size"]}
 
     def resumed(self, step: int) -> None:
         self.resumed_at.append(step)
+        if self.groups:
+            self.groups[-1]["step"] = step
 
-    def drain(self) -> tuple[list[dict[str, Any]], int, list[int]]:
+    def drain(self) -> tuple[list[dict[str, Any]], int, list[int], list[dict[str, int]]]:
         events, self.events = self.events, []
-        return events, self.starts, list(self.resumed_at)
+        return events, self.starts, list(self.resumed_at), [dict(g) for g in self.groups]
+
+
+SHRANK = "worker group restarted with fewer workers after a failure (a worker or node lost)"
+GREW = "worker group restarted with more workers (resources became available: elastic scale-up)"
+
+
+def resizes(groups: list[dict[str, int]]) -> list[dict[str, Any]]:
+    """Each change of world size between consecutive worker-group starts: step resumed from, old W, new W, why."""
+    return [{"step": cur["step"], "old_world_size": prev["world_size"], "new_world_size": cur["world_size"],
+             "why": SHRANK if cur["world_size"] < prev["world_size"] else GREW}
+            for prev, cur in zip(groups, groups[1:], strict=False) if cur["world_size"] != prev["world_size"]]
 
 
 class MetricsSink:
@@ -56,10 +80,14 @@ class MetricsSink:
         self.attempt = 0
         self.starts = 0
         self.resumed_at: list[int] = []
+        self.groups: list[dict[str, int]] = []
         self.last: dict[str, Any] = {}
 
-    def consume(self, events: list[dict[str, Any]], starts: int, resumed_at: list[int]) -> None:
-        self.starts, self.resumed_at = starts, resumed_at
+    def consume(self, events: list[dict[str, Any]], starts: int, resumed_at: list[int],
+                groups: list[dict[str, int]] | None = None) -> None:
+        for g in (groups or [])[len(self.groups):]:
+            self.event("workers", world_size=g["world_size"], resumed_from_step=g["step"])
+        self.starts, self.resumed_at, self.groups = starts, resumed_at, list(groups or [])
         for m in events:
             total = m.get("total_steps")
             if total and self.bar.total != total:

@@ -47,5 +47,5 @@ def embedded_cpus(cfg: RunConfig) -> int | None:
     """CPUs of an embedded Ray: the machine's, or enough for the workers and a periodic probe beside them."""
     if cfg.cluster.address or not (cfg.eval.probe and cfg.eval.every_k_checkpoints):
         return None
-    need = math.ceil(cfg.cluster.workers * cfg.cluster.cpus_per_worker + cfg.eval.num_cpus)
+    need = math.ceil(cfg.cluster.max_workers * cfg.cluster.cpus_per_worker + cfg.eval.num_cpus)
     return need if need > (os.cpu_count() or 1) else None

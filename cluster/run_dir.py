@@ -25,7 +25,8 @@ from pretrain.run_store import SUMMARY_FILE, RunMirror, RunStore, is_url, local_
 DEFAULT_STORAGE = Path(os.environ.get("BIGBATCH_RUNS", "~/bigbatch_runs")).expanduser()
 # What a resumed run (same name) may not change without --allow-changes: what the checkpoint's model, optimiser state
 # and stream position were made for (dotted prefixes).
-RESUME_CHECKED = ("method", "batch_size", "seed", "model", "loss", "optim", "vae", "gan", "data.train", "data.image_size")
+RESUME_CHECKED = ("method", "batch_size", "seed", "model", "loss", "optim", "vae", "gan", "data.train", "data.image_size",
+                  "data.lanes")
 
 
 @dataclass

@@ -182,8 +182,8 @@ def _concurrency(trials: list[Trial]) -> int:
     import ray
 
     total = ray.cluster_resources()
-    cpu = max(t.config.cluster.workers * t.config.cluster.cpus_per_worker for t in trials)
-    gpu = max(t.config.cluster.workers * t.config.cluster.gpus_per_worker for t in trials)
+    cpu = max(t.config.cluster.max_workers * t.config.cluster.cpus_per_worker for t in trials)
+    gpu = max(t.config.cluster.max_workers * t.config.cluster.gpus_per_worker for t in trials)
     fits = [total.get("CPU", 0.0) // cpu] + ([total.get("GPU", 0.0) // gpu] if gpu else [])
     return max(1, int(min(fits)))
 

@@ -24,7 +24,10 @@ def build_trainer(cfg: RunConfig, storage: str, progress: Any):
         train_loop_config={"run": cfg.model_dump(mode="json"), "progress": progress},
         # embedded: every worker on this machine, rendezvous without a TCPStore on all interfaces
         torch_config=(TorchConfig if c.address else LoopbackTorchConfig)(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=c.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        # [min, max] workers: Ray's elastic scaling (the group restarts from the latest checkpoint with the workers
+        # it can get, and is resized every resize_interval_s when more become available)
+        scaling_config=ScalingConfig(num_workers=c.workers, use_gpu=use_gpu, resources_per_worker=resources,
+                                     elastic_resize_monitor_interval_s=c.resize_interval_s),
         run_config=RayRunConfig(
             name=cfg.name, storage_path=storage,
             failure_config=FailureConfig(max_failures=c.max_failures),

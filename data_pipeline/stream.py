@@ -1,17 +1,19 @@
-"""The training stream: shards → (rank, worker) plan → seeded shuffle buffer → decode → views → batches.
+"""The training stream: shards → epoch plan (lanes) → seeded shuffle buffer per lane → decode → views → batches.
 
-    spec = StreamSpec(source="shards/", batch_size=256)
+    spec = StreamSpec(source="shards/", batch_size=256)   # per rank; the global batch is batch_size × W
     loader = make_loader(spec, rank=r, world_size=W, epoch=e, start_batch=b)
     len(loader)          # batches this loader yields: plan.steps − b, the same on every rank
     for batch in loader: # {"views": [uint8 [n,3,S,S]] * num_views, "label": int64 [n], "key": [str], "index": int}
     loader.stats         # {"bad": {kind: n}, "repeated", "dropped", "seen", "batches", "bad_examples"}
 
 Every worker executes its part of :func:`data_pipeline.plan.make_plan` (the same function `bigbatch shards
-plan` prints). Its samples pass a shuffle buffer whose output order is precomputed from (seed, epoch, rank,
-worker), so resuming at batch b reads past the first samples without decoding them and yields exactly the
-batches the uninterrupted stream would. A bad sample (see badinput.py) is replaced in its batch by a good one
-of the same batch (counted as repeated; keeps every rank's batch count and size), or, in the non-equalized
-probe pass, left out. Workers send per-batch stats deltas with each batch; the loader sums them.
+plan` prints): for each of its lanes, the samples pass a shuffle buffer whose output order is precomputed from
+(seed, epoch, lane) (:func:`data_pipeline.plan.lane_order`), so resuming at step s reads past each lane's first
+s·b_l outputs without decoding them and yields exactly the batches the uninterrupted stream would — for any world
+size that divides the lanes. A worker yields its lanes' part of each step; the loader concatenates the parts of a
+step in lane order (the probe pass: whole batches round-robin). A bad sample (see badinput.py) is replaced in its
+part by a good one of the same part (counted as repeated; keeps every rank's batch count and size), or, in the
+non-equalized probe pass, left out. Workers send per-part stats deltas with each part; the loader sums them.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from data_pipeline.manifest import (
     mismatch_message,
     resolve_shards,
 )
-from data_pipeline.plan import EpochPlan, WorkerPlan, make_plan, shuffle_order
+from data_pipeline.plan import DEFAULT_LANES, EpochPlan, Lane, Segment, WorkerPlan, lane_order, make_plan
 from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
 from data_pipeline.views import ViewRecipe, center_view, make_views, sample_seed
 
@@ -46,7 +48,7 @@ from data_pipeline.views import ViewRecipe, center_view, make_views, sample_seed
 class StreamSpec:
     source: Any                     # dir/URL with manifest.json, manifest URL, brace pattern, list of URLs, Manifest,
                                     # or "digits" / "digits-holdout" (the built-in default)
-    batch_size: int                 # per rank
+    batch_size: int                 # per rank: the plan's global batch is batch_size × world_size
     num_views: int = 2
     augment: bool = True
     image_size: int = 32
@@ -60,6 +62,7 @@ class StreamSpec:
     equalize: bool = True
     remainder: Literal["repeat", "drop"] = "repeat"
     pin_memory: bool = False        # page-locked batches: for a CUDA target only (pinning creates a CUDA context)
+    lanes: int = DEFAULT_LANES      # reading lanes that fix the epoch's order (the world size must divide them)
 
     @property
     def recipe(self) -> ViewRecipe:
@@ -88,9 +91,11 @@ def load_source(source: Any) -> Manifest:
 
 
 def plan_for(spec: StreamSpec, manifest: Manifest, world_size: int, epoch: int) -> EpochPlan:
+    """The epoch's plan for ``world_size`` ranks of ``spec.batch_size`` rows each (global batch: their product)."""
     return make_plan([s.samples for s in manifest.shards], world_size=world_size, num_workers=spec.num_workers,
-                     batch_size=spec.batch_size, epoch=epoch, seed=spec.seed, mode=spec.mode, shuffle=spec.shuffle,
-                     equalize=spec.equalize, remainder=spec.remainder)
+                     batch_size=spec.batch_size * world_size, epoch=epoch, seed=spec.seed, mode=spec.mode,
+                     shuffle=spec.shuffle, equalize=spec.equalize, remainder=spec.remainder, lanes=spec.lanes,
+                     shuffle_buffer=spec.shuffle_buffer)
 
 
 @dataclass
@@ -106,20 +111,21 @@ class _Raw:
 
 
 class WorkerStream:
-    """One worker's part of the plan: yields batch dicts for its batches from ``start_batch`` on."""
+    """One worker's part of the plan: from ``start_batch`` on, for each batch its lanes serve, a batch dict of their
+    contributions in lane order."""
 
-    def __init__(self, spec: StreamSpec, manifest: Manifest, wp: WorkerPlan, epoch: int, start_batch: int) -> None:
-        self.spec, self.manifest, self.wp, self.epoch = spec, manifest, wp, epoch
-        self.first = sum(1 for i in wp.batch_ids if i < start_batch)  # batches of this worker to skip
+    def __init__(self, spec: StreamSpec, manifest: Manifest, plan: EpochPlan, wp: WorkerPlan, start_batch: int) -> None:
+        self.spec, self.manifest, self.plan, self.wp, self.epoch = spec, manifest, plan, wp, plan.epoch
+        self.start_batch = start_batch
         self.bad = BadInputCounter(wp.samples, spec.max_bad_fraction)
 
-    def _read(self, needed: np.ndarray) -> Iterator[tuple[int, _Raw]]:
+    def _read(self, segments: list[Segment], needed: np.ndarray) -> Iterator[tuple[int, _Raw]]:
         """The worker's inputs in reading order as (input index, raw sample); only needed ones carry data.
         Positions a shard fails to deliver come back as bad samples of the failure's kind (a shard counted
         without a manifest: its recorded failure for the positions past its readable samples). A shard that
         ends cleanly before, or holds more than, the samples its manifest lists raises ManifestMismatch."""
         q = 0
-        for seg in self.wp.segments:
+        for seg in segments:
             url = self.manifest.url(seg.shard)
             info = self.manifest.shards[seg.shard]
             base = q
@@ -170,40 +176,37 @@ class WorkerStream:
                 key = info.keys[pos] if pos < len(info.keys) else f"#{pos}"
                 yield base + pos - seg.start, _Raw(info.name, key, -1, seg.lap, bad=failure, detail=detail)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        spec, wp = self.spec, self.wp
-        n = sum(seg.samples for seg in wp.segments)
-        if spec.shuffle:
-            rng = np.random.default_rng([spec.seed, self.epoch, wp.rank, wp.worker, 0x5B0F])
-            order = shuffle_order(n, spec.shuffle_buffer, rng)
-        else:
-            order = list(range(n))
-        skip = sum(wp.batch_sizes[: self.first])
-        needed = np.zeros(n, dtype=bool)
+    def _lane_outputs(self, lane: Lane) -> Iterator[_Raw]:
+        """The lane's raw samples in its shuffle order, from its first output of ``start_batch`` on; the skipped
+        ones are never decoded (nor read, where the shard reader can seek past them)."""
+        order = lane_order(self.plan, lane)
+        skip = sum(size for i, size in zip(lane.batch_ids, lane.batch_sizes, strict=True) if i < self.start_batch)
+        needed = np.zeros(len(order), dtype=bool)
         needed[order[skip:]] = True
-        reader = self._read(needed)
+        reader = self._read(lane.segments, needed)
         pending: dict[int, _Raw] = {}
-        out = skip
+        for q in order[skip:]:
+            while q not in pending:
+                idx, raw = next(reader)
+                if needed[idx]:
+                    pending[idx] = raw
+            yield pending.pop(q)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        lanes = [(lane, dict(zip(lane.batch_ids, lane.batch_sizes, strict=True)), self._lane_outputs(lane))
+                 for lane in self.wp.lanes]
         in_process = get_worker_info() is None
-        for b in range(self.first, len(wp.batch_ids)):
-            size = wp.batch_sizes[b]
-            raws = []
-            for q in order[out: out + size]:
-                while q not in pending:
-                    idx, raw = next(reader)
-                    if needed[idx]:
-                        pending[idx] = raw
-                raws.append(pending.pop(q))
-            out += size
+        for b in (i for i in self.wp.batch_ids if i >= self.start_batch):
+            raws = [next(out) for _, sizes, out in lanes for _ in range(sizes.get(b, 0))]
             if in_process:  # one thread for the many small ops here; the caller's setting is restored
                 threads = torch.get_num_threads()
                 torch.set_num_threads(1)
                 try:
-                    batch = self._batch(wp.batch_ids[b], raws)
+                    batch = self._batch(b, raws)
                 finally:
                     torch.set_num_threads(threads)
             else:
-                batch = self._batch(wp.batch_ids[b], raws)
+                batch = self._batch(b, raws)
             yield batch
 
     def _batch(self, index: int, raws: list[_Raw]) -> dict[str, Any]:
@@ -314,19 +317,35 @@ class _PlanDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        k = len(self.plan.ranks[self.rank].workers)
-        # the DataLoader polls its workers round-robin from id 0: id j serves the plan worker whose next batch
-        # is start_batch + j, so a resumed stream keeps the rank's batch order
-        worker = (info.id + self.start_batch) % k if info is not None else 0
-        wp = self.plan.ranks[self.rank].workers[worker]
-        if info is None and len(self.plan.ranks[self.rank].workers) > 1:
+        workers = self.plan.ranks[self.rank].workers
+        k = len(workers)
+        if info is None and k > 1:
             raise RuntimeError("a multi-worker plan iterated in-process")
+        worker = info.id if info is not None else 0
+        if self.plan.round_robin:
+            # the DataLoader polls its workers round-robin from id 0: id j serves the plan worker whose next batch
+            # is start_batch + j, so a resumed stream keeps the rank's batch order
+            worker = (worker + self.start_batch) % k
         try:
-            yield from WorkerStream(self.spec, self.manifest, wp, self.plan.epoch, self.start_batch)
+            yield from WorkerStream(self.spec, self.manifest, self.plan, workers[worker], self.start_batch)
         except UserInputError as exc:
             if info is None:
                 raise
             yield {"error": exc}  # re-raised by ShardLoader with its message intact (not wrapped by the DataLoader)
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One batch from the parts of a step, in the given (lane) order; each view stays its own block of rows."""
+    if len(parts) == 1:
+        return parts[0]
+    views = [p["views"] for p in parts]
+    if isinstance(views[0], torch.Tensor):  # one stacked [V·n, …] tensor per part: concatenate view by view
+        v = views[0].shape[0] // max(1, len(parts[0]["key"]))
+        cat = torch.cat([x.unflatten(0, (v, -1)) for x in views], dim=1).flatten(0, 1)
+    else:
+        cat = [torch.cat(vs) for vs in zip(*views, strict=True)]
+    return {**parts[0], "views": cat, "label": torch.cat([p["label"] for p in parts]),
+            "key": [k for p in parts for k in p["key"]]}
 
 
 class ShardLoader:
@@ -359,23 +378,38 @@ class ShardLoader:
         return {"epoch": self.epoch, "batch": self.position}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        k = self.spec.num_workers
+        k = len(self.rank_plan.workers) if self.spec.num_workers > 0 else 0
+        parts = 1 if self.plan.round_robin else max(1, k)  # items per step: one part from each worker, in turn
         ds = _PlanDataset(self.spec, self.manifest, self.plan, self.rank, self.start_batch)
         if k > 0:
             loader = DataLoader(ds, batch_size=None, num_workers=k, persistent_workers=False,
-                                pin_memory=self.spec.pin_memory, prefetch_factor=2, multiprocessing_context=_mp_context())
+                                pin_memory=self.spec.pin_memory and parts == 1, prefetch_factor=2,
+                                multiprocessing_context=_mp_context())
         else:
             loader = ds
         expected = self.start_batch
-        for batch in loader:
-            if "error" in batch:
-                raise batch["error"]
-            merge_stats(self.stats, batch.pop("stats"))
-            if batch["index"] != expected:
-                raise RuntimeError(f"stream out of order: got batch {batch['index']}, expected {expected}")
+        step: list[dict[str, Any]] = []
+        for item in loader:
+            if "error" in item:
+                raise item["error"]
+            merge_stats(self.stats, item.pop("stats"))
+            if item["index"] != expected:
+                raise RuntimeError(f"stream out of order: got batch {item['index']}, expected {expected}")
+            step.append(item)
+            if len(step) < parts:
+                continue
+            batch, step = _concat(step), []
+            if self.spec.pin_memory and parts > 1:
+                batch = _pinned(batch)
             expected += 1
             self.position = expected
             yield batch
+
+
+def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
+    views = batch["views"]
+    views = views.pin_memory() if isinstance(views, torch.Tensor) else [v.pin_memory() for v in views]
+    return {**batch, "views": views, "label": batch["label"].pin_memory()}
 
 
 def _mp_context():

@@ -87,6 +87,16 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     torch.cuda.set_rng_state(cuda, device)
 
 
+def seed_rank_rng(seed: int, step: int, rank: int) -> None:
+    """Seed this process's torch / numpy / python RNGs from (seed, step, rank): the state of a rank whose saved one
+    cannot carry over (a new rank, or a checkpoint written with another world size). The views do not use these
+    generators (they are keyed per sample), so the global batches stay the same."""
+    key = int(np.random.SeedSequence([seed, step, rank, 0xE1A5]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    torch.manual_seed(key)
+    np.random.seed(key % 2**32)
+    random.seed(key)
+
+
 def save_checkpoint(directory: Path, *, rank: int, method_state: dict[str, Any] | None, step: int,
                     stream: dict[str, int], config: dict[str, Any], extra: dict[str, Any] | None = None,
                     device: torch.device | None = None) -> Path:

@@ -5,11 +5,14 @@ Ray-free: the cluster section is plain data that cluster/ turns into Ray Train's
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from data_pipeline.plan import supported_world_sizes
 
 
 class Strict(BaseModel):
@@ -26,6 +29,8 @@ class DataConfig(Strict):
     mode: Literal["exact", "resampled"] = "exact"
     shuffle_buffer: int = Field(2000, ge=0)
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
+    lanes: int = Field(16, ge=1, description="reading lanes that fix every global batch whatever the world size: "
+                       "each world size the run may have must divide them (lanes=12 or 6 for cluster.workers=[1, 3])")
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
 
 
@@ -113,14 +118,39 @@ class GANConfig(Strict):
 
 
 class ClusterConfig(Strict):
-    workers: int = Field(2, ge=1)
+    workers: int | tuple[int, int] = Field(2, description="training workers (ranks): N, or [min, max] for an elastic "
+                                           "run that continues with fewer workers after losing some and grows back")
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0, description="0 (CPU, gloo) or 1 (one GPU per worker, NCCL)")
     address: str | None = Field(None, description="existing Ray cluster (ray://… or host:port); None: embedded local Ray")
     storage_path: str | None = Field(None, description="local dir, NFS path or s3://…; None: ~/bigbatch_runs")
-    max_failures: int = Field(2, ge=-1)
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts after failures (-1: unlimited)")
+    resize_interval_s: float = Field(60.0, gt=0, description="elastic runs (workers=[min, max]): how often a running "
+                                     "group checks whether more workers fit (growing restarts it from its latest "
+                                     "checkpoint)")
     num_to_keep: int = Field(2, ge=1)
     threads_per_worker: int | None = Field(None, ge=1, description="torch intra-op threads; None: cpus_per_worker")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_range(cls, v: Any) -> Any:
+        pair = isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                   for x in v)
+        one = isinstance(v, int) and not isinstance(v, bool)
+        low, high = (v, v) if one else tuple(v) if pair else (0, 0)
+        if not 1 <= low <= high:
+            raise PydanticCustomError("workers_range", "must be a number >= 1 or [min, max] with 1 <= min <= max")
+        return v if one else (low, high)
+
+    @property
+    def world_sizes(self) -> list[int]:
+        """Every world size the run may have."""
+        low, high = (self.workers, self.workers) if isinstance(self.workers, int) else self.workers
+        return list(range(low, high + 1))
+
+    @property
+    def max_workers(self) -> int:
+        return self.world_sizes[-1]
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -169,6 +199,9 @@ class RunConfig(Strict):
                                 "cores run them faster; numerics unchanged up to summation order")
     checkpoint_every: int = Field(50, ge=1)
     log_every: int = Field(10, ge=1)
+    log_batch_keys: bool = Field(False, description="debug: gather every step's sample keys to rank 0 (one more "
+                                 "collective per step) and log their SHA-1, one per step since the last log, as "
+                                 "batch_keys: the global batches of runs with any world size compare equal")
     deterministic: bool = Field(False, description="deterministic kernels only (an op without one raises), fixed "
                                 "cuBLAS workspace, no cuDNN autotuning; slower")
     tf32: bool = Field(True, description="CUDA: fp32 matmuls/convolutions on TF32 tensor cores (fp32 accumulate); "
@@ -231,8 +264,19 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        if self.batch_size % self.cluster.workers:
-            raise ValueError(f"batch_size={self.batch_size} must be divisible by cluster.workers={self.cluster.workers}")
+        lanes, sizes = self.data.lanes, self.cluster.world_sizes
+        for w in sizes:
+            if self.batch_size % w:
+                raise ValueError(f"batch_size={self.batch_size} must be divisible by cluster.workers={w} (the "
+                                 "global batch is split equally over the workers)")
+            if lanes % w:
+                ok = ", ".join(map(str, supported_world_sizes(lanes, self.batch_size)))
+                who = f"cluster.workers={w}" if len(sizes) == 1 else \
+                    f"cluster.workers=[{sizes[0]}, {sizes[-1]}]: {w}"
+                raise ValueError(f"{who} does not divide data.lanes={lanes}: with data.lanes={lanes} and "
+                                 f"batch_size={self.batch_size} the supported worker counts are {ok}; "
+                                 f"data.lanes={_lanes_for(sizes, lanes, self.batch_size)} fits "
+                                 + (f"{w}" if len(sizes) == 1 else f"every count in {sizes[0]}..{sizes[-1]}"))
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"steps={self.steps} and epochs={self.epochs}: give one of them")
         if self.steps is None and self.epochs is None:
@@ -245,6 +289,13 @@ class RunConfig(Strict):
         if self.method == "simclr":
             return self.loss.name
         return self.gan.loss if self.method == "gan" else self.vae.likelihood
+
+
+def _lanes_for(sizes: list[int], lanes: int, batch_size: int) -> int:
+    """The lane count nearest ``lanes`` that every world size in ``sizes`` divides (one dividing the batch if any)."""
+    step = math.lcm(*sizes)
+    even = [k for k in range(step, batch_size + 1, step) if batch_size % k == 0]
+    return min(even, key=lambda k: abs(k - lanes)) if even else step * max(1, round(lanes / step))
 
 
 # method → the sections it reads; the others must stay unset

@@ -52,7 +52,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         progress.register_worker.remote(rank, {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                                                "host": socket.gethostname(), "device": str(device)})
         if rank == 0:
-            progress.started.remote()
+            progress.started.remote(world)
     trainer = Trainer(cfg, rank=rank, world_size=world, device=device, hooks=RayHooks(rank, progress))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

@@ -8,6 +8,7 @@ epoch); the resumed loop asks the stream for exactly the batches the uninterrupt
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-from pretrain.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from pretrain.checkpoint import load_checkpoint, save_checkpoint, seed_rank_rng, set_rng_state
 from pretrain.config import RunConfig
 from pretrain.methods import build_method
 from pretrain.methods.base import PretrainMethod
@@ -53,7 +54,7 @@ def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool =
     return StreamSpec(source=resolve_source(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
                       augment=augment, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
                       shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
-                      max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory)
+                      max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory, lanes=d.lanes)
 
 
 def sync_batchnorm(module: torch.nn.Module, device: torch.device, world_size: int, enabled: bool = True) -> torch.nn.Module:
@@ -129,13 +130,20 @@ class Trainer:
         return make_loader(self.spec, rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
 
     def restore(self, checkpoint_dir: Path) -> None:
+        """Resume from a checkpoint written with any supported world size: the stream position (epoch, global
+        step in it) and the optimiser state are global; a rank's RNG state carries over only when the world size is
+        the same, otherwise (or when the rank had no file) it is re-derived from (seed, step, rank)."""
         state, rng = load_checkpoint(checkpoint_dir, self.rank)
         self.method.load_state(state["method"])
         self.step = state["step"]
         self.epoch, self.batch_in_epoch = state["stream"]["epoch"], state["stream"]["batch"]
-        self.train_seconds = float(state.get("extra", {}).get("train_seconds", 0.0))
-        if rng is not None:
+        extra = state.get("extra", {})
+        self.train_seconds = float(extra.get("train_seconds", 0.0))
+        self.resumed_world_size = int(extra.get("world_size", self.world_size))
+        if rng is not None and self.resumed_world_size == self.world_size:
             set_rng_state(rng, self.device)
+        else:
+            seed_rank_rng(self.cfg.seed, self.step, self.rank)
 
     def _write(self, directory: Path) -> None:
         if self.rank == 0:  # samples / reconstructions of this checkpoint's model travel with it
@@ -143,7 +151,7 @@ class Trainer:
         save_checkpoint(directory, rank=self.rank, method_state=self.method.state() if self.rank == 0 else None,
                         step=self.step, stream={"epoch": self.epoch, "batch": self.batch_in_epoch},
                         config=self.cfg.model_dump(mode="json"), device=self.device,
-                        extra={"train_seconds": self._elapsed()})
+                        extra={"train_seconds": self._elapsed(), "world_size": self.world_size})
 
     def _elapsed(self) -> float:
         return self.train_seconds + time.perf_counter() - self._fit_t0
@@ -173,6 +181,7 @@ class Trainer:
             self.hooks.log(dict(last))
             return last
         window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
+        key_hashes: list[str] = []
         while self.step < self.total_steps:
             loader = self._loader(self.epoch, self.batch_in_epoch)
             it = iter(loader)
@@ -183,6 +192,8 @@ class Trainer:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     break
                 window_wait += time.perf_counter() - t0
+                if cfg.log_batch_keys:
+                    key_hashes.append(_global_keys_hash(batch["key"]))
                 batch["views"] = [to_device(v, self.device, self.memory_format) for v in batch["views"]]
                 metrics = self.method.train_step(batch, self.step)  # device tensors: read at log steps only
                 self.step += 1
@@ -202,7 +213,9 @@ class Trainer:
                          "epoch_dropped_samples": stats.get("dropped", 0)}, self.device)
                     last.update(step=self.step, epoch=self.epoch, total_steps=self.total_steps,
                                 images_per_s=cfg.batch_size * window_steps / elapsed,
-                                **({"stop_reason": "budget" if stop else "steps"} if final else {}))
+                                **({"stop_reason": "budget" if stop else "steps"} if final else {}),
+                                **({"batch_keys": key_hashes} if cfg.log_batch_keys else {}))
+                    key_hashes = []
                     self.hooks.log(dict(last))
                     window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
                 if self.step % cfg.checkpoint_every == 0 or final:
@@ -210,6 +223,15 @@ class Trainer:
                 if stop:
                     return last
         return last
+
+
+def _global_keys_hash(keys: list[str]) -> str:
+    """SHA-1 of the global batch's sample keys (all ranks' keys in rank order; gathered when W > 1)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, list(keys))
+        keys = [k for part in parts for k in part]
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
 
 
 def _bad_total(stats: dict[str, Any]) -> int:

@@ -126,7 +126,7 @@ def test_probe_pass_leaves_bad_samples_out(broken):
 
 def test_past_max_bad_fraction_the_error_names_shard_and_sample(broken):
     spec = StreamSpec(source=str(broken["dir"]), batch_size=16, num_workers=0, max_bad_fraction=0.0,
-                      shuffle=False, augment=False)
+                      shuffle=False, augment=False, lanes=1)  # one lane: the shards in order, the corrupt one first
     with pytest.raises(BadInputError, match=rf"{broken['corrupt'][0]}, sample {broken['corrupt'][1]}"):
         list(make_loader(spec))
 

@@ -24,22 +24,22 @@ def test_shards_plan_json_is_the_streams_plan(digits_shards, capsys):
     from data_pipeline.stream import StreamSpec, make_loader
 
     src = str(digits_shards["train"])
-    assert main(["shards", "plan", src, "--world-size", "3", "--workers", "2", "--batch-size", "40",
-                 "--epoch", "2", "--seed", "7", "--json"]) == 0
+    assert main(["shards", "plan", src, "--world-size", "3", "--workers", "2", "--batch-size", "120",
+                 "--lanes", "12", "--epoch", "2", "--seed", "7", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     n = load_manifest(src).num_samples
     assert plan["steps"] == -(-n // 120) and plan["repeated"] == plan["steps"] * 120 - n
-    spec = StreamSpec(source=src, batch_size=40, num_workers=2, seed=7, augment=False)
+    spec = StreamSpec(source=src, batch_size=40, num_workers=2, seed=7, augment=False, lanes=12)
     for r in range(3):
         loader = make_loader(spec, rank=r, world_size=3, epoch=2)
         assert len(loader) == plan["ranks"][r]["steps"]
         got = sorted(k for b in loader for k in b["key"])
         m = load_manifest(src)
-        want = sorted(k for w in plan["ranks"][r]["workers"] for s in w["segments"]
+        want = sorted(k for w in plan["ranks"][r]["workers"] for lane in w["lanes"] for s in lane["segments"]
                       for k in m.shards[s["shard"]].keys[s["start"]:s["stop"]])
         assert got == want
     assert main(["shards", "plan", src, "--world-size", "2", "--workers", "1"]) == 0
-    assert "steps per rank" in capsys.readouterr().out
+    assert "global batch 256 = 2 ranks × 128" in capsys.readouterr().out
 
 
 def test_bench_data_measures_three_pipelines(small_shards, capsys):

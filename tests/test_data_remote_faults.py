@@ -140,7 +140,8 @@ def io_env(monkeypatch):
 
 
 def run(source: str, workers: int = 0, batch: int = 12):
-    spec = StreamSpec(source=source, batch_size=batch, num_workers=workers, seed=3, max_bad_fraction=1.0)
+    # one lane: each shard has one reader, whose requests the tests count
+    spec = StreamSpec(source=source, batch_size=batch, num_workers=workers, seed=3, max_bad_fraction=1.0, lanes=1)
     loader = make_loader(spec, epoch=1)
     batches = [(b["key"], b["label"], b["views"]) for b in loader]
     assert len(batches) == len(loader)

@@ -29,11 +29,13 @@ def run(spec: StreamSpec, rank: int = 0, world_size: int = 1, epoch: int = 0, st
     return loader, batches
 
 
-@pytest.mark.parametrize(("world", "workers", "batch"), [(1, 0, 100), (2, 2, 64), (3, 1, 50), (2, 3, 37)])
-def test_plan_equals_stream_and_every_rank_gets_the_same_steps(digits_shards, world, workers, batch):
+@pytest.mark.parametrize(("world", "workers", "batch", "lanes"), [(1, 0, 100, 16), (2, 2, 64, 16), (3, 1, 50, 6),
+                                                                  (2, 3, 37, 16)])
+def test_plan_equals_stream_and_every_rank_gets_the_same_steps(digits_shards, world, workers, batch, lanes):
     src = str(digits_shards["train"])
     m = load_manifest(src)
-    spec = StreamSpec(source=src, batch_size=batch, num_workers=workers, augment=False, shuffle_buffer=300)
+    spec = StreamSpec(source=src, batch_size=batch, num_workers=workers, augment=False, shuffle_buffer=300,
+                      lanes=lanes)
     plan = plan_for(spec, m, world, epoch=1)
     assert plan.steps == math.ceil(m.num_samples / (world * batch))
     everything: Counter = Counter()
@@ -108,7 +110,7 @@ def test_resampled_mode_has_the_nominal_epoch_length_and_draws_with_replacement(
 
 def test_views_depend_on_sample_not_on_ranks_or_workers(small_shards):
     spec1 = StreamSpec(source=str(small_shards), batch_size=20, num_workers=0, seed=5)
-    spec2 = StreamSpec(source=str(small_shards), batch_size=10, num_workers=2, seed=5)
+    spec2 = StreamSpec(source=str(small_shards), batch_size=10, num_workers=2, seed=5, lanes=6)
 
     def views_by_key(spec, world):
         out: dict[str, list] = {}
@@ -158,12 +160,12 @@ def test_drop_remainder_and_shuffle_buffer_order():
 
     from data_pipeline.plan import make_plan, shuffle_order
 
-    plan = make_plan([100, 37, 64], world_size=2, num_workers=3, batch_size=16, remainder="drop")
+    plan = make_plan([100, 37, 64], world_size=2, num_workers=3, batch_size=32, remainder="drop")
     assert plan.steps == 201 // 32 and plan.dropped == 201 - plan.steps * 32 and plan.repeated == 0
     taken = [(s.shard, i) for r in plan.ranks for w in r.workers for s in w.segments for i in range(s.start, s.stop)]
     assert len(taken) == len(set(taken)) == plan.steps * 32
-    assert all(len(w.batch_ids) == len(w.batch_sizes) for r in plan.ranks for w in r.workers)
-    assert sorted(i for r in plan.ranks[:1] for w in r.workers for i in w.batch_ids) == list(range(plan.steps))
+    assert all(w.batch_ids == list(range(plan.steps)) for r in plan.ranks for w in r.workers)
+    assert [sum(lane.batch_sizes[0] for w in r.workers for lane in w.lanes) for r in plan.ranks] == [16, 16]
     order = shuffle_order(1000, 64, np.random.default_rng(0))
     assert sorted(order) == list(range(1000)) and order != list(range(1000))
     assert all(q < j + 64 for j, q in enumerate(order))                 # never reads more than a buffer ahead
@@ -183,7 +185,7 @@ def test_large_jpegs_reduced_decode_views_are_per_sample(tmp_path, monkeypatch):
     spec = StreamSpec(source=str(tmp_path / "shards"), batch_size=6, num_workers=0, image_size=72)
     one = {k: (b["views"][0][i], b["views"][1][i]) for b in make_loader(spec) for i, k in enumerate(b["key"])}
     assert max(reductions) >= 2 and len(one) == 24
-    spec2 = StreamSpec(source=str(tmp_path / "shards"), batch_size=4, num_workers=0, image_size=72)
+    spec2 = StreamSpec(source=str(tmp_path / "shards"), batch_size=4, num_workers=0, image_size=72, lanes=6)
     for r in range(2):
         for b in make_loader(spec2, rank=r, world_size=3):
             for i, k in enumerate(b["key"]):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from data_pipeline.plan import DEFAULT_LANES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("shards", help="write, inspect and plan WebDataset shards")
@@ -34,11 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=run_inspect)
 
-    p = sub.add_parser("plan", help="which shards/samples/steps every rank and worker reads in an epoch")
+    p = sub.add_parser("plan", help="an epoch's global batches, and which shards/samples every rank and worker reads",
+                       description="The epoch's order is fixed by the global batch and the lanes; --world-size and "
+                                   "--workers only change who reads which lanes (--json: global_batches, the sample "
+                                   "keys of every step, are the same for every supported world size).")
     p.add_argument("source", help="shard dir / manifest URL / brace pattern")
-    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--world-size", type=int, default=1, help="ranks (must divide --lanes and --batch-size)")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
-    p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size (all ranks together)")
+    p.add_argument("--lanes", type=int, default=DEFAULT_LANES, help=f"reading lanes (default {DEFAULT_LANES})")
+    p.add_argument("--shuffle-buffer", type=int, default=2000, help="per-lane shuffle buffer (default 2000)")
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=("exact", "resampled"), default="exact")
@@ -101,11 +108,24 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from data_pipeline.errors import UserInputError
     from data_pipeline.manifest import check_sizes
+    from data_pipeline.plan import check_world_size, global_batches
     from data_pipeline.stream import StreamSpec, load_source, plan_for
 
-    spec = StreamSpec(source=args.source, batch_size=args.batch_size, num_workers=args.workers, seed=args.seed,
-                      mode=args.mode, shuffle=not args.no_shuffle, equalize=not args.no_equalize)
+    for flag, value in (("--world-size", args.world_size), ("--batch-size", args.batch_size), ("--lanes", args.lanes)):
+        if value < 1:
+            raise UserInputError(f"{flag} {value}: must be >= 1")
+    if not args.no_equalize:
+        try:
+            check_world_size(args.world_size, args.lanes, args.batch_size)
+        except ValueError as exc:
+            raise UserInputError(f"--world-size {args.world_size}: {exc}") from None
+    elif args.batch_size % args.world_size:
+        raise UserInputError(f"--batch-size {args.batch_size}: not divisible by --world-size {args.world_size}")
+    spec = StreamSpec(source=args.source, batch_size=args.batch_size // args.world_size, num_workers=args.workers,
+                      seed=args.seed, mode=args.mode, shuffle=not args.no_shuffle, equalize=not args.no_equalize,
+                      lanes=args.lanes, shuffle_buffer=args.shuffle_buffer)
     manifest = load_source(args.source)
     check_sizes(manifest)
     plan = plan_for(spec, manifest, args.world_size, args.epoch)
@@ -115,24 +135,32 @@ def run_plan(args: argparse.Namespace) -> int:
         d = plan.to_json()
         for r in d["ranks"]:
             for w in r["workers"]:
-                for s in w["segments"]:
-                    s["name"] = manifest.shards[s["shard"]].name
+                for lane in w["lanes"]:
+                    for s in lane["segments"]:
+                        s["name"] = manifest.shards[s["shard"]].name
         d["failed_shards"] = failed
+        d["global_batches"] = [[_key(manifest, shard, pos) for shard, pos, _ in step] for step in global_batches(plan)]
         print(json.dumps(d))
         return 0
+    lanes = f"{plan.lanes} lanes" if plan.equalize else "one lane per worker"
     print(f"{manifest.num_samples} samples in {len(manifest.shards)} shards; mode {plan.mode}, epoch {plan.epoch}, "
-          f"seed {plan.seed}; world size {plan.world_size} × {plan.num_workers} workers, batch {plan.batch_size}/rank")
-    print(f"steps per rank: {plan.steps}; repeated {plan.repeated}, dropped {plan.dropped} samples")
-    print(f"{'rank':>4} {'worker':>6} {'steps':>5} {'samples':>7} {'repeat':>6}  shards [start:stop]")
+          f"seed {plan.seed}; global batch {plan.batch_size} = {plan.world_size} ranks × "
+          f"{plan.ranks[0].batch_size}; {lanes}; up to {plan.num_workers} workers per rank")
+    print(f"steps: {plan.steps}; repeated {plan.repeated}, dropped {plan.dropped} samples")
+    print(f"{'rank':>4} {'worker':>6} {'lane':>4} {'rows':>4} {'samples':>7} {'repeat':>6}  shards [start:stop]")
     for r in plan.ranks:
         for w in r.workers:
-            segs = " ".join(f"{manifest.shards[s.shard].name}[{s.start}:{s.stop}]" + ("*" if s.lap else "")
-                            for s in w.segments)
-            print(f"{r.rank:>4} {w.worker:>6} {len(w.batch_ids):>5} {w.samples:>7} {w.repeated:>6}  {segs}")
+            for lane in w.lanes:
+                segs = " ".join(f"{manifest.shards[s.shard].name}[{s.start}:{s.stop}]" + ("*" if s.lap else "")
+                                for s in lane.segments)
+                rows = lane.batch_sizes[0] if plan.equalize and lane.batch_sizes else "-"
+                print(f"{r.rank:>4} {w.worker:>6} {lane.lane:>4} {rows:>4} {lane.samples:>7} {lane.repeated:>6}  {segs}")
     if plan.repeated:
         print("(* = repeated samples that equalise the steps)")
+    if plan.equalize:
+        print("(rows: the lane's rows of every global batch; global batch s = the lanes' rows in lane order)")
     if plan.mode == "resampled":
-        print("(resampled: every worker draws whole shards with replacement; the epoch length is nominal)")
+        print("(resampled: every lane draws whole shards with replacement; the epoch length is nominal)")
     if not plan.equalize:
         print("(not equalized: every sample exactly once; ranks may differ by one step, last batch partial)")
     if failed:
@@ -141,3 +169,8 @@ def run_plan(args: argparse.Namespace) -> int:
         for f in failed:
             print(f"  {f['name']}: {f['readable']} readable, {f['planned'] - f['readable']} lost ({f['failure']})")
     return 0
+
+
+def _key(manifest, shard: int, pos: int) -> str:
+    keys = manifest.shards[shard].keys
+    return keys[pos] if pos < len(keys) else f"{manifest.shards[shard].name}#{pos}"
