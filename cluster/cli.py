@@ -25,7 +25,7 @@ COMMAND_MODULES = (
     "cluster.commands.probe",
     "cluster.commands.export",
     "cluster.commands.compare",
-    "cluster.commands.bench",
+    "cluster.bench.command",
     "cluster.commands.sweep",
     "cluster.commands.doctor",
 )

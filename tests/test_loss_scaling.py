@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.loss_scaling import (
+from cluster.bench.loss_scaling import (
     Config,
     backend,
     bytes_sent,
@@ -18,7 +18,7 @@ from eval.loss_scaling import (
     memory_budget,
     rank_device,
 )
-from eval.loss_scaling_report import row, summary
+from cluster.bench.loss_scaling_report import row, summary
 
 
 def test_loglog_slope_recovers_power_laws():
@@ -90,7 +90,7 @@ def test_rank_device_and_backend_follow_the_device_flag(monkeypatch):
 
 
 def test_the_floor_is_timed_on_the_loss_device(monkeypatch):
-    import eval.loss_scaling as ls
+    import cluster.bench.loss_scaling as ls
 
     seen = []
     monkeypatch.setattr(ls, "_floor", lambda cfg, views, device: seen.append(device) or 1.0)
@@ -99,7 +99,7 @@ def test_the_floor_is_timed_on_the_loss_device(monkeypatch):
 
 
 def test_device_flag_is_checked_before_anything_runs(monkeypatch):
-    from cluster.commands.bench_losses import device_problem
+    from cluster.bench.losses_command import device_problem
 
     assert device_problem("cpu", 4) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

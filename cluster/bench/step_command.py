@@ -39,9 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from eval.loss_scaling import LOSSES
-    from eval.loss_scaling_report import sweep
-    from eval.step_share import LossModel, measure_encoder, parse_encoder, report, table, table_batches
+    from cluster.bench.loss_scaling import LOSSES
+    from cluster.bench.loss_scaling_report import sweep
+    from cluster.bench.step_share import (
+        LossModel,
+        measure_encoder,
+        parse_encoder,
+        report,
+        table,
+        table_batches,
+    )
 
     losses = args.losses or list(LOSSES)
     bad = [x for x in losses if x not in LOSSES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from eval.loss_scaling import LOSSES, QUADRATIC, Config, Result, loglog_slope, measure
+from cluster.bench.loss_scaling import LOSSES, QUADRATIC, Config, Result, loglog_slope, measure
 
 DEFAULT_BATCHES = (1024, 4096, 8192, 16384, 65536, 262144, 1048576)
 QUADRATIC_MAX = {"ranking": 8192, "binary-all-pairs": 8192, "ranking-blockwise": 65536}

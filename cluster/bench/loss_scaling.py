@@ -213,7 +213,7 @@ def measure(cfg: Config, timeout: float = 1800.0, memory_limit: int | None = Non
     with contextlib.ExitStack() as stack:  # output to files: a rank never blocks on a full pipe
         outs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(cfg.world_size)]
         errs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(cfg.world_size)]
-        procs = [subprocess.Popen([sys.executable, "-m", "eval.loss_scaling", payload, str(rank), str(port)],
+        procs = [subprocess.Popen([sys.executable, "-m", "cluster.bench.loss_scaling", payload, str(rank), str(port)],
                                   stdout=outs[rank], stderr=errs[rank], text=True) for rank in range(cfg.world_size)]
         failed = _wait_all(procs, timeout)
         if failed is not None:

@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.loss_scaling import LOSSES, QUADRATIC
-    from eval.loss_scaling_report import DEFAULT_BATCHES, HEADER, plot, row, summary, sweep
+    from cluster.bench.loss_scaling import LOSSES, QUADRATIC
+    from cluster.bench.loss_scaling_report import DEFAULT_BATCHES, HEADER, plot, row, summary, sweep
 
     losses = args.losses or list(LOSSES)
     unknown = [x for x in losses if x not in LOSSES]
