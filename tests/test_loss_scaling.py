@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from cluster.bench.loss_scaling import (
+    LOSSES,
     Config,
     backend,
+    build,
     bytes_sent,
     estimated_bytes,
     loglog_slope,
@@ -25,6 +27,19 @@ def test_loglog_slope_recovers_power_laws():
     assert loglog_slope([(b, 3 * b ** 2) for b in (10, 100, 1000)]) == pytest.approx(2.0)
     assert loglog_slope([(b, 0.5 * b) for b in (4, 8, 1 << 20)], lo=8) == pytest.approx(1.0)
     assert loglog_slope([(8, 1.0)]) is None
+
+
+def test_the_losses_come_from_the_registry_with_the_run_configs_defaults():
+    from pretrain.config import RankingBlockwiseLoss
+    from pretrain.losses import VARIANTS
+
+    assert tuple(VARIANTS) == LOSSES
+    blockwise = build(Config("ranking-blockwise", 64))
+    default = RankingBlockwiseLoss(name="ranking-blockwise")
+    assert (blockwise.temperature, blockwise.block_size) == (default.temperature, default.block_size)
+    assert build(Config("ranking-blockwise", 64, block_size=32)).block_size == 32
+    assert build(Config("binary", 64, num_negatives=3)).num_negatives == 3
+    assert build(Config("binary-all-pairs", 64)).all_pairs
 
 
 def test_bytes_sent_by_collective():

@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-LOSSES = ("ranking", "ranking-blockwise", "binary-all-pairs", "binary", "spectral")
+from pretrain.losses import VARIANTS, build_variant, variant_config
+
+LOSSES = tuple(VARIANTS)  # the named losses of pretrain.losses, each a loss section of the run config
 QUADRATIC = ("ranking", "ranking-blockwise", "binary-all-pairs")
 FLOAT = 4
 FLOOR_MAX_BATCH = 16384  # the matmul floor is timed up to here (it is O(B²) too)
@@ -35,12 +37,12 @@ FLOOR_MAX_BATCH = 16384  # the matmul floor is timed up to here (it is O(B²) to
 
 @dataclass
 class Config:
-    loss: str
-    batch: int             # images in the global batch
+    loss: str                         # one of LOSSES
+    batch: int                        # images in the global batch
     dim: int = 128
     world_size: int = 1
-    block_size: int = 512
-    num_negatives: int = 1
+    block_size: int | None = None     # ranking-blockwise's tile; None: the run config's default
+    num_negatives: int | None = None  # binary's negatives; None: the run config's default
     repeats: int = 3
     threads: int | None = None
     device: str = "cpu"      # "cuda": rank r on cuda:r
@@ -59,14 +61,8 @@ class Result:
 
 
 def build(cfg: Config) -> torch.nn.Module:
-    from pretrain.losses import BinaryNCE, RankingNCE, SpectralContrastive
-    return {
-        "ranking": lambda: RankingNCE(0.1),
-        "ranking-blockwise": lambda: RankingNCE(0.1, block_size=cfg.block_size),
-        "binary-all-pairs": lambda: BinaryNCE(all_pairs=True),
-        "binary": lambda: BinaryNCE(num_negatives=cfg.num_negatives),
-        "spectral": lambda: SpectralContrastive(1.0),
-    }[cfg.loss]()
+    """The loss of ``cfg``, from the loss registry (run-config defaults for every setting ``cfg`` leaves None)."""
+    return build_variant(cfg.loss, block_size=cfg.block_size, num_negatives=cfg.num_negatives)
 
 
 def bytes_sent(cfg: Config) -> int:
@@ -89,7 +85,7 @@ def estimated_bytes(cfg: Config) -> int:
     if cfg.loss in ("ranking", "binary-all-pairs"):
         return vectors + 5 * local * views * FLOAT
     if cfg.loss == "ranking-blockwise":
-        return vectors + 6 * cfg.block_size ** 2 * FLOAT
+        return vectors + 6 * variant_config(cfg.loss, block_size=cfg.block_size).block_size ** 2 * FLOAT
     return vectors + 6 * local * cfg.dim * FLOAT
 
 
@@ -127,7 +123,7 @@ def _floor(cfg: Config, local_views: int, device: torch.device) -> float:
     g = torch.Generator().manual_seed(1)
     u = torch.randn(local_views, cfg.dim, generator=g).to(device)
     c = torch.randn(views, cfg.dim, generator=g).to(device)
-    tile = min(views, max(cfg.block_size, 4096))
+    tile = min(views, max(cfg.block_size or 0, 4096))
     times = []
     for _ in range(max(1, cfg.repeats)):
         _sync(device)

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(DEFAULT_MEASURED),
                    help="global batches at which the losses are measured (default: 256 … 4096)")
     p.add_argument("--losses", nargs="+", default=None,
-                   help="subset of ranking ranking-blockwise binary binary-all-pairs spectral (default: all)")
+                   help="a subset of the named losses (default: all; an unknown name lists them)")
     p.add_argument("--max-batch", type=int, default=1 << 24, help="largest B of the table (default 16M)")
     p.add_argument("--dim", type=int, default=128, help="projection dim (the loss's input width; default 128)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the encoder's precision")
