@@ -17,7 +17,6 @@ import json
 import math
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from cluster.process_group import free_port, join_local_group
 from pretrain.losses import VARIANTS, build_variant, variant_config
 
 LOSSES = tuple(VARIANTS)  # the named losses of pretrain.losses, each a loss section of the run config
@@ -172,19 +172,12 @@ def run_rank(cfg: Config, rank: int = 0) -> dict:
 
 def _rank_main(cfg: Config, rank: int, port: int) -> dict:
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     rank_device(cfg, rank)  # before the process group: NCCL binds the current device
-    dist.init_process_group(backend(cfg), rank=rank, world_size=cfg.world_size)
+    join_local_group(backend(cfg), rank, cfg.world_size, port)
     try:
         return run_rank(cfg, rank)
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_budget(cfg: Config, memory_limit: int | None = None) -> tuple[int, int, str]:
@@ -204,7 +197,7 @@ def measure(cfg: Config, timeout: float = 1800.0, memory_limit: int | None = Non
     if need > limit:
         return Result(cfg, skipped=f"needs ~{need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB of {where}",
                       bytes_sent=bytes_sent(cfg))
-    port = _free_port()
+    port = free_port()
     payload = json.dumps(asdict(cfg))
     with contextlib.ExitStack() as stack:  # output to files: a rank never blocks on a full pipe
         outs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(cfg.world_size)]
