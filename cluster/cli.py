@@ -1,4 +1,5 @@
-"""The `bigbatch` command: one entry point, subcommands registered by the modules in cluster.commands.
+"""The `bigbatch` command: one entry point, subcommands registered by the modules in cluster.commands (and, for
+`bigbatch bench`, cluster.bench.command).
 
 Each command module exposes ``register(subparsers)`` that adds its parser(s) and sets
 ``func=<callable(args) -> int>``. Heavy imports (torch, ray) happen inside those callables so that
