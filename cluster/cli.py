@@ -1,4 +1,5 @@
-"""The `bigbatch` command: one entry point, subcommands registered by the modules in cluster.commands.
+"""The `bigbatch` command: one entry point, subcommands registered by the modules in cluster.commands (and, for
+`bigbatch bench`, cluster.bench.command).
 
 Each command module exposes ``register(subparsers)`` that adds its parser(s) and sets
 ``func=<callable(args) -> int>``. Heavy imports (torch, ray) happen inside those callables so that
@@ -25,7 +26,7 @@ COMMAND_MODULES = (
     "cluster.commands.probe",
     "cluster.commands.export",
     "cluster.commands.compare",
-    "cluster.commands.bench",
+    "cluster.bench.command",
     "cluster.commands.sweep",
     "cluster.commands.doctor",
 )

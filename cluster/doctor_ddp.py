@@ -10,13 +10,12 @@ through a collective shows.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from cluster.process_group import free_port, join_local_group
 from pretrain.losses import BinaryNCE, RankingNCE, SpectralContrastive
 
 N_LOCAL, D_IN, D_OUT = 6, 10, 8
@@ -71,12 +70,11 @@ def single_process(name: str, world: int) -> tuple[float, dict[str, torch.Tensor
 def _worker(rank: int, world: int, port: int, backend: str, queue) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = torch.device("cpu")
     if backend == "nccl":
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    join_local_group(backend, rank, world, port)
     torch.set_num_threads(1)
     try:
         out = {}
@@ -98,19 +96,13 @@ def _worker(rank: int, world: int, port: int, backend: str, queue) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(world: int, backend: str, timeout: float = 300.0) -> dict[int, dict]:
     """Each rank's {loss name: (mean loss over ranks, gradients)} from ``world`` spawned processes."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world, port, backend, queue)) for r in range(world)]
     for p in procs:
         p.start()

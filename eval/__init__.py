@@ -1,1 +1,1 @@
-"""Evaluation of frozen encoders: features, linear probe, kNN, classical baselines, benchmarks, reports."""
+"""Evaluation of frozen encoders: features, linear probe, kNN, classical baselines, reports."""

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from cluster.bench.loss_scaling import Config, Result
+from cluster.bench.step_share import EncoderCost, LossModel, crossover, report, share, table
 from cluster.cli import main
-from eval.loss_scaling import Config, Result
-from eval.step_share import EncoderCost, LossModel, crossover, report, share, table
 
 
 def _model(loss: str, batches, seconds) -> LossModel:

@@ -55,6 +55,25 @@ def test_bench_data_measures_three_pipelines(small_shards, capsys):
         result["stream_pairs_per_s_per_core"] / result["torchvision_pairs_per_s_per_core"], rel=0.02)
 
 
+def test_bench_data_needs_no_labels(small_shards, tmp_path):
+    """The ImageFolder baseline gets every image in one folder: shards without .cls export whole, no label made up."""
+    import tarfile
+
+    from cluster.bench.data_throughput import IMAGE_FOLDER_CLASS, export_image_folder
+
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    first = sorted(small_shards.glob("*.tar"))[0]
+    with tarfile.open(first) as src, tarfile.open(unlabelled / first.name, "w") as dst:
+        for member in src.getmembers():
+            if not member.name.endswith(".cls"):
+                dst.addfile(member, src.extractfile(member))
+    n = export_image_folder(str(unlabelled), tmp_path / "folder")
+    assert n == load_manifest(str(small_shards)).shards[0].samples == 64
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == [IMAGE_FOLDER_CLASS]
+    assert len(list((tmp_path / "folder" / IMAGE_FOLDER_CLASS).iterdir())) == n
+
+
 def bigbatch(*args: str) -> subprocess.CompletedProcess:
     """The installed console command (beside this interpreter), else ``python -m cluster.cli``."""
     exe = Path(sys.executable).with_name("bigbatch")

@@ -175,7 +175,7 @@ def test_drop_remainder_and_shuffle_buffer_order():
 def test_large_jpegs_reduced_decode_views_are_per_sample(tmp_path, monkeypatch):
     """Photos of 173–597 px at 64 px output: mixed sizes, JPEG draft decoding; views still per sample."""
     import data_pipeline.stream as stream
-    from data_pipeline.photos import make_photos
+    from cluster.bench.photos import make_photos
     from data_pipeline.writer import write_shards
 
     write_shards(str(make_photos(tmp_path / "img", count=24)), tmp_path / "shards", shard_size=8)

@@ -8,9 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.loss_scaling import (
+from cluster.bench.loss_scaling import (
+    LOSSES,
     Config,
     backend,
+    build,
     bytes_sent,
     estimated_bytes,
     loglog_slope,
@@ -18,13 +20,26 @@ from eval.loss_scaling import (
     memory_budget,
     rank_device,
 )
-from eval.loss_scaling_report import row, summary
+from cluster.bench.loss_scaling_report import row, summary
 
 
 def test_loglog_slope_recovers_power_laws():
     assert loglog_slope([(b, 3 * b ** 2) for b in (10, 100, 1000)]) == pytest.approx(2.0)
     assert loglog_slope([(b, 0.5 * b) for b in (4, 8, 1 << 20)], lo=8) == pytest.approx(1.0)
     assert loglog_slope([(8, 1.0)]) is None
+
+
+def test_the_losses_come_from_the_registry_with_the_run_configs_defaults():
+    from pretrain.config import RankingBlockwiseLoss
+    from pretrain.losses import VARIANTS
+
+    assert tuple(VARIANTS) == LOSSES
+    blockwise = build(Config("ranking-blockwise", 64))
+    default = RankingBlockwiseLoss(name="ranking-blockwise")
+    assert (blockwise.temperature, blockwise.block_size) == (default.temperature, default.block_size)
+    assert build(Config("ranking-blockwise", 64, block_size=32)).block_size == 32
+    assert build(Config("binary", 64, num_negatives=3)).num_negatives == 3
+    assert build(Config("binary-all-pairs", 64)).all_pairs
 
 
 def test_bytes_sent_by_collective():
@@ -90,7 +105,7 @@ def test_rank_device_and_backend_follow_the_device_flag(monkeypatch):
 
 
 def test_the_floor_is_timed_on_the_loss_device(monkeypatch):
-    import eval.loss_scaling as ls
+    import cluster.bench.loss_scaling as ls
 
     seen = []
     monkeypatch.setattr(ls, "_floor", lambda cfg, views, device: seen.append(device) or 1.0)
@@ -99,7 +114,7 @@ def test_the_floor_is_timed_on_the_loss_device(monkeypatch):
 
 
 def test_device_flag_is_checked_before_anything_runs(monkeypatch):
-    from cluster.commands.bench_losses import device_problem
+    from cluster.bench.losses_command import device_problem
 
     assert device_problem("cpu", 4) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -147,6 +147,22 @@ def test_bf16_autocast_close_to_fp32(name):
     assert float(value) == pytest.approx(float(ref), rel=0.03, abs=0.03)
 
 
+def test_one_registry_builds_every_config_loss_and_named_variant():
+    from pretrain.config import LOSSES, BinaryLoss
+    from pretrain.losses import BUILDERS, VARIANTS, build_variant, variant_config
+
+    assert set(BUILDERS) == set(LOSSES) and {v["name"] for v in VARIANTS.values()} == set(LOSSES)
+    tau = LOSSES["ranking"]().temperature  # the one default: the run config's
+    assert build_variant("ranking").temperature == RankingNCE().temperature == tau
+    assert build_variant("ranking-blockwise", block_size=64).block_size == 64
+    assert variant_config("binary-all-pairs", block_size=64, num_negatives=None) == BinaryLoss(name="binary",
+                                                                                                all_pairs=True)
+    assert build_variant("binary-all-pairs").all_pairs and build_variant("binary").num_negatives == 1
+    assert build_variant("spectral").mu == SpectralContrastive().mu == LOSSES["spectral"](name="spectral").mu
+    with pytest.raises(ValueError, match="unknown loss 'nce'"):
+        variant_config("nce")
+
+
 @pytest.mark.parametrize("block", [None, 8])
 def test_masking_never_overflows(block):
     # identical embeddings at a tiny temperature: logits of 1e4 must not overflow, the self term must be excluded

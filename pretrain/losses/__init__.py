@@ -2,32 +2,64 @@
 
 Each returns this worker's share of the global-batch loss (the mean over workers is the global loss), and,
 with DDP averaging, parameter gradients equal those of one process holding the whole batch.
+
+The registry: ``BUILDERS`` turns each loss section of the run config (pretrain/config.py, tagged by
+``loss.name``) into its module, so every setting and its default lives in the config; ``VARIANTS`` names the
+settings the benchmarks compare, each a loss section written out (``binary-all-pairs`` is binary with
+``all_pairs=true``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
+from pretrain.config import LOSSES, BinaryLoss, RankingBlockwiseLoss, RankingLoss, SpectralLoss
 from pretrain.losses.binary import BinaryNCE
 from pretrain.losses.ranking import RankingNCE
 from pretrain.losses.spectral import SpectralContrastive
 
-if TYPE_CHECKING:
-    from pretrain.config import BinaryLoss, RankingBlockwiseLoss, RankingLoss, SpectralLoss
+__all__ = ["BUILDERS", "VARIANTS", "BinaryNCE", "RankingNCE", "SpectralContrastive", "build_loss", "build_variant",
+           "variant_config"]
 
-__all__ = ["BinaryNCE", "RankingNCE", "SpectralContrastive", "build_loss"]
+LossSection = RankingLoss | RankingBlockwiseLoss | BinaryLoss | SpectralLoss
+
+BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
+    "ranking": lambda c: RankingNCE(c.temperature),
+    "ranking-blockwise": lambda c: RankingNCE(c.temperature, block_size=c.block_size),
+    "binary": lambda c: BinaryNCE(c.num_negatives or 1, all_pairs=c.all_pairs),  # None with all_pairs
+    "spectral": lambda c: SpectralContrastive(c.mu),
+}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ranking": {"name": "ranking"},
+    "ranking-blockwise": {"name": "ranking-blockwise"},
+    "binary-all-pairs": {"name": "binary", "all_pairs": True},
+    "binary": {"name": "binary"},
+    "spectral": {"name": "spectral"},
+}
 
 
-def build_loss(cfg: RankingLoss | RankingBlockwiseLoss | BinaryLoss | SpectralLoss) -> nn.Module:
-    """ranking | ranking-blockwise | binary | spectral, from the run config's loss section."""
-    if cfg.name == "ranking":
-        return RankingNCE(cfg.temperature)
-    if cfg.name == "ranking-blockwise":
-        return RankingNCE(cfg.temperature, block_size=cfg.block_size)
-    if cfg.name == "binary":
-        return BinaryNCE(cfg.num_negatives or 1, all_pairs=cfg.all_pairs)  # None with all_pairs
-    if cfg.name == "spectral":
-        return SpectralContrastive(cfg.mu)
-    raise ValueError(f"unknown loss {cfg.name!r}")
+def build_loss(cfg: LossSection) -> nn.Module:
+    """The loss module of a run config's loss section (ranking | ranking-blockwise | binary | spectral)."""
+    if cfg.name not in BUILDERS:
+        raise ValueError(f"unknown loss {cfg.name!r} (choose from {', '.join(BUILDERS)})")
+    return BUILDERS[cfg.name](cfg)
+
+
+def variant_config(variant: str, **settings: Any) -> LossSection:
+    """The loss section of a named variant with ``settings`` over the config's defaults; a setting the variant's
+    section has no key for is left out (one sweep passes the same settings to every variant), None means default."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown loss {variant!r} (choose from {', '.join(VARIANTS)})")
+    section = VARIANTS[variant]
+    cls = LOSSES[section["name"]]
+    given = {k: v for k, v in settings.items() if k in cls.model_fields and v is not None}
+    return cls(**{**section, **given})
+
+
+def build_variant(variant: str, **settings: Any) -> nn.Module:
+    """``build_loss(variant_config(variant, **settings))``."""
+    return build_loss(variant_config(variant, **settings))

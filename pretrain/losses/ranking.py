@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.config import RankingLoss
 from pretrain.losses.distributed import check_equal_shards, gather_with_grad, pair_indices, world
 
 
 class RankingNCE(nn.Module):
-    def __init__(self, temperature: float = 0.1, block_size: int | None = None) -> None:
+    def __init__(self, temperature: float = RankingLoss.model_fields["temperature"].default,
+                 block_size: int | None = None) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")

@@ -13,11 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pretrain.config import SpectralLoss
 from pretrain.losses.distributed import all_reduce_with_grad, world
 
 
 class SpectralContrastive(nn.Module):
-    def __init__(self, mu: float = 1.0) -> None:
+    def __init__(self, mu: float = SpectralLoss.model_fields["mu"].default) -> None:
         super().__init__()
         if mu <= 0:
             raise ValueError(f"mu must be > 0, got {mu}")

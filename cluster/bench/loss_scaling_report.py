@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from eval.loss_scaling import LOSSES, QUADRATIC, Config, Result, loglog_slope, measure
+from cluster.bench.loss_scaling import LOSSES, QUADRATIC, Config, Result, loglog_slope, measure
 
 DEFAULT_BATCHES = (1024, 4096, 8192, 16384, 65536, 262144, 1048576)
 QUADRATIC_MAX = {"ranking": 8192, "binary-all-pairs": 8192, "ranking-blockwise": 65536}
 
 
-def sweep(batches: Sequence[int], dim: int, world_size: int, losses: Sequence[str] = LOSSES, block_size: int = 512,
+def sweep(batches: Sequence[int], dim: int, world_size: int, losses: Sequence[str] = LOSSES,
+          block_size: int | None = None,
           repeats: int = 3, max_quadratic: dict[str, int] | None = None,
           on_result: Callable[[Result], None] | None = None, device: str = "cpu",
           threads: int | None = None) -> list[Result]:

@@ -26,14 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipeline.bench import run_bench
+    from cluster.bench.data_throughput import run_bench
 
     blur = {"on": True, "off": False, "auto": None}[args.blur]
     with tempfile.TemporaryDirectory(prefix="bigbatch-bench-data-") as tmp:
         source = args.source
         size = args.image_size
         if args.make_photos:
-            from data_pipeline.photos import make_photos
+            from cluster.bench.photos import make_photos
             from data_pipeline.writer import write_shards
 
             folder = make_photos(Path(tmp) / "photos", count=args.make_photos)

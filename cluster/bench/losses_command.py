@@ -16,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--world-size", type=int, default=1, help="run each configuration under W processes")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: W gloo processes; cuda: W NCCL processes, rank r on GPU r (needs W GPUs)")
-    p.add_argument("--losses", nargs="+", default=None, help="subset of ranking ranking-blockwise binary-all-pairs binary spectral")
-    p.add_argument("--block-size", type=int, default=512)
+    p.add_argument("--losses", nargs="+", default=None,
+                   help="a subset of the named losses (default: all; an unknown name lists them)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="ranking-blockwise's tile (default: the run config's loss.block_size)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-quadratic", type=int, default=None, help="largest B for the O(B²) forms (default: 8192 plain, 65536 blockwise)")
     p.add_argument("--plot", default=None, metavar="PNG")
@@ -26,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.loss_scaling import LOSSES, QUADRATIC
-    from eval.loss_scaling_report import DEFAULT_BATCHES, HEADER, plot, row, summary, sweep
+    from cluster.bench.loss_scaling import LOSSES, QUADRATIC
+    from cluster.bench.loss_scaling_report import DEFAULT_BATCHES, HEADER, plot, row, summary, sweep
 
     losses = args.losses or list(LOSSES)
     unknown = [x for x in losses if x not in LOSSES]

@@ -1,6 +1,7 @@
 """Data throughput, side by side on the same shards and one core: bigbatch's stream (positive pairs/s) vs a plain
-torchvision ImageFolder + PIL transforms pipeline doing the same SimCLR recipe (pairs/s) vs decoding alone
-(images/s). Every pipeline runs in the calling process with one torch thread, so "per second" is "per core".
+torchvision ImageFolder + PIL transforms pipeline doing the same SimCLR recipe (pairs/s; its parameters, the blur
+kernel included, read from the stream's ``ViewRecipe``) vs decoding alone (images/s). Every pipeline runs in the
+calling process with one torch thread, so "per second" is "per core". No pipeline reads labels.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from data_pipeline.decode import decode, image_member
+from data_pipeline.manifest import resolve_shards
+from data_pipeline.stream import StreamSpec, make_loader
+from data_pipeline.tario import iter_grouped
+from data_pipeline.views import ViewRecipe
 
 
 def _interleaved(runs: dict[str, Iterator[int]], min_seconds: float, slice_seconds: float = 0.25) -> dict[str, float]:
@@ -30,46 +37,45 @@ def _interleaved(runs: dict[str, Iterator[int]], min_seconds: float, slice_secon
     return {name: items[name] / spent[name] for name in runs}
 
 
-def export_image_folder(source: Any, out: Path) -> int:
-    """Unpack shards into ``out/CLASS/KEY.EXT`` (bytes as stored) for the ImageFolder baseline."""
-    from data_pipeline.decode import image_member
-    from data_pipeline.manifest import resolve_shards
-    from data_pipeline.tario import iter_grouped
+IMAGE_FOLDER_CLASS = "images"  # the ImageFolder baseline's one class folder: its targets are never read
 
+
+def export_image_folder(source: Any, out: Path) -> int:
+    """Unpack shards into ``out/images/N.EXT`` (bytes as stored, N counting from 0) for the ImageFolder baseline;
+    returns the count. Labels are not needed (the baseline discards ImageFolder's targets): none are read or made up."""
     m = resolve_shards(source)
+    d = out / IMAGE_FOLDER_CLASS
+    d.mkdir(parents=True, exist_ok=True)
     n = 0
     for i in range(len(m.shards)):
-        for _, key, files in iter_grouped(m.url(i)):
+        for _, _, files in iter_grouped(m.url(i)):
             member = image_member(files)
-            label = int(files["cls"]) if files.get("cls") else 0
             if member is None:
                 continue
-            d = out / f"{label:04d}"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"{key}.{member[0]}").write_bytes(member[1])
+            (d / f"{n:08d}.{member[0]}").write_bytes(member[1])
             n += 1
     return n
 
 
-def torchvision_pipeline(folder: Path, image_size: int, blur: bool, batch_size: int):
-    """The plain baseline: ImageFolder (PIL loader) + v2 transforms on PIL images, two views, DataLoader collate."""
+def torchvision_pipeline(folder: Path, recipe: ViewRecipe, batch_size: int) -> torch.utils.data.DataLoader:
+    """The plain baseline: ImageFolder (PIL loader) + v2 transforms on PIL images, two views of ``recipe``,
+    DataLoader collate. The jitter strengths are the recipe's at ``strength=1`` (torchvision's arguments)."""
     from torchvision import datasets
     from torchvision.transforms import v2
 
     steps: list[Any] = [
-        v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
+        v2.RandomResizedCrop(recipe.size, scale=recipe.scale, ratio=recipe.ratio),
+        v2.RandomHorizontalFlip(recipe.flip_p),
+        v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=recipe.jitter_p),
+        v2.RandomGrayscale(p=recipe.gray_p),
     ]
-    if blur:
-        k = max(3, int(0.1 * image_size) // 2 * 2 + 1)
-        steps.append(v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
+    if recipe.blur_on:
+        steps.append(v2.RandomApply([v2.GaussianBlur(recipe.blur_kernel, sigma=recipe.blur_sigma)], p=recipe.blur_p))
     steps.append(v2.PILToTensor())
-    recipe = v2.Compose(steps)
+    transform = v2.Compose(steps)
 
     def two_views(img):
-        return recipe(img), recipe(img)
+        return transform(img), transform(img)
 
     ds = datasets.ImageFolder(str(folder), transform=two_views)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0)
@@ -77,18 +83,14 @@ def torchvision_pipeline(folder: Path, image_size: int, blur: bool, batch_size: 
 
 def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds: float = 5.0,
               blur: bool | None = None) -> dict[str, Any]:
-    from data_pipeline.decode import decode, image_member
-    from data_pipeline.manifest import resolve_shards
-    from data_pipeline.stream import StreamSpec, make_loader
-    from data_pipeline.tario import iter_grouped
-
+    """The three pipelines interleaved on ``source`` for ``seconds`` of CPU time each: the JSON line's fields."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         m = resolve_shards(source)
-        blur_on = image_size > 32 if blur is None else blur
         spec = StreamSpec(source=source, batch_size=batch_size, image_size=image_size, blur=blur, num_workers=0,
                           shuffle_buffer=1000)
+        recipe = spec.recipe
         def stream_steps() -> Iterator[int]:
             for epoch in itertools.count():
                 for b in make_loader(spec, epoch=epoch):
@@ -110,7 +112,7 @@ def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds:
 
         with tempfile.TemporaryDirectory(prefix="bigbatch-bench-") as tmp:
             export_image_folder(source, Path(tmp))
-            baseline = torchvision_pipeline(Path(tmp), image_size, blur_on, batch_size)
+            baseline = torchvision_pipeline(Path(tmp), recipe, batch_size)
 
             def baseline_steps() -> Iterator[int]:
                 while True:
@@ -125,7 +127,7 @@ def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds:
         torch.set_num_threads(threads)
     stream, base, dec = rates["stream"], rates["torchvision"], rates["decode"]
     return {"bench": "data", "source": str(source), "samples": m.num_samples, "image_size": image_size,
-            "blur": blur_on, "batch_size": batch_size, "cores": 1,
+            "blur": recipe.blur_on, "batch_size": batch_size, "cores": 1,
             "stream_pairs_per_s_per_core": round(stream, 1), "torchvision_pairs_per_s_per_core": round(base, 1),
             "decode_images_per_s_per_core": round(dec, 1),
             "stream_over_torchvision": round(stream / base, 2), "stream_pairs_over_decode_images": round(stream / dec, 3)}

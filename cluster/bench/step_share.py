@@ -4,8 +4,8 @@
 
 e: the encoder's forward+backward seconds per pair (both views through the encoder and the method's real projection
 head), measured at a small batch and scaled linearly with B. L(B): the loss's forward+backward seconds at global
-batch B (eval.loss_scaling.measure: fresh process per configuration), measured up to what fits and beyond that
-projected by the power law L ≈ e^c·B^s fitted (log-log least squares) to the largest measured batches.
+batch B (loss_scaling.measure: fresh process per configuration), measured up to what fits and beyond that projected
+by the power law L ≈ e^c·B^s fitted (log-log least squares) to the largest measured batches.
 The crossover batch B* solves L(B*) = e·B*: interpolated between measured batches when the shares cross 0.5 there,
 e^((log e − c)/(s − 1)) from the fit otherwise (s > 1 only: an O(B) loss keeps a constant share).
 With W data-parallel workers both terms divide by W (B/W pairs encoded, 2B/W rows of the loss per rank), so the
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eval.loss_scaling import Result, loglog_fit
+from cluster.bench.loss_scaling import Result, loglog_fit
 
 FIT_POINTS = 3           # the power law is fitted to the largest measured batches
 MAX_CROSSOVER = 1 << 40  # beyond this a crossover is reported as none

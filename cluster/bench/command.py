@@ -6,11 +6,11 @@ import argparse
 import importlib
 
 BENCH_MODULES = (
-    "cluster.commands.bench_data",
-    "cluster.commands.bench_losses",
-    "cluster.commands.bench_train",
-    "cluster.commands.bench_layout",
-    "cluster.commands.bench_step",
+    "cluster.bench.data_command",
+    "cluster.bench.losses_command",
+    "cluster.bench.train_command",
+    "cluster.bench.layout_command",
+    "cluster.bench.step_command",
 )
 
 

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(DEFAULT_MEASURED),
                    help="global batches at which the losses are measured (default: 256 … 4096)")
     p.add_argument("--losses", nargs="+", default=None,
-                   help="subset of ranking ranking-blockwise binary binary-all-pairs spectral (default: all)")
+                   help="a subset of the named losses (default: all; an unknown name lists them)")
     p.add_argument("--max-batch", type=int, default=1 << 24, help="largest B of the table (default 16M)")
     p.add_argument("--dim", type=int, default=128, help="projection dim (the loss's input width; default 128)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the encoder's precision")
@@ -39,9 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from eval.loss_scaling import LOSSES
-    from eval.loss_scaling_report import sweep
-    from eval.step_share import LossModel, measure_encoder, parse_encoder, report, table, table_batches
+    from cluster.bench.loss_scaling import LOSSES
+    from cluster.bench.loss_scaling_report import sweep
+    from cluster.bench.step_share import (
+        LossModel,
+        measure_encoder,
+        parse_encoder,
+        report,
+        table,
+        table_batches,
+    )
 
     losses = args.losses or list(LOSSES)
     bad = [x for x in losses if x not in LOSSES]

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-LOSSES = ("ranking", "ranking-blockwise", "binary-all-pairs", "binary", "spectral")
+from cluster.process_group import free_port, join_local_group
+from pretrain.losses import VARIANTS, build_variant, variant_config
+
+LOSSES = tuple(VARIANTS)  # the named losses of pretrain.losses, each a loss section of the run config
 QUADRATIC = ("ranking", "ranking-blockwise", "binary-all-pairs")
 FLOAT = 4
 FLOOR_MAX_BATCH = 16384  # the matmul floor is timed up to here (it is O(B²) too)
@@ -35,12 +37,12 @@ FLOOR_MAX_BATCH = 16384  # the matmul floor is timed up to here (it is O(B²) to
 
 @dataclass
 class Config:
-    loss: str
-    batch: int             # images in the global batch
+    loss: str                         # one of LOSSES
+    batch: int                        # images in the global batch
     dim: int = 128
     world_size: int = 1
-    block_size: int = 512
-    num_negatives: int = 1
+    block_size: int | None = None     # ranking-blockwise's tile; None: the run config's default
+    num_negatives: int | None = None  # binary's negatives; None: the run config's default
     repeats: int = 3
     threads: int | None = None
     device: str = "cpu"      # "cuda": rank r on cuda:r
@@ -59,14 +61,8 @@ class Result:
 
 
 def build(cfg: Config) -> torch.nn.Module:
-    from pretrain.losses import BinaryNCE, RankingNCE, SpectralContrastive
-    return {
-        "ranking": lambda: RankingNCE(0.1),
-        "ranking-blockwise": lambda: RankingNCE(0.1, block_size=cfg.block_size),
-        "binary-all-pairs": lambda: BinaryNCE(all_pairs=True),
-        "binary": lambda: BinaryNCE(num_negatives=cfg.num_negatives),
-        "spectral": lambda: SpectralContrastive(1.0),
-    }[cfg.loss]()
+    """The loss of ``cfg``, from the loss registry (run-config defaults for every setting ``cfg`` leaves None)."""
+    return build_variant(cfg.loss, block_size=cfg.block_size, num_negatives=cfg.num_negatives)
 
 
 def bytes_sent(cfg: Config) -> int:
@@ -89,7 +85,7 @@ def estimated_bytes(cfg: Config) -> int:
     if cfg.loss in ("ranking", "binary-all-pairs"):
         return vectors + 5 * local * views * FLOAT
     if cfg.loss == "ranking-blockwise":
-        return vectors + 6 * cfg.block_size ** 2 * FLOAT
+        return vectors + 6 * variant_config(cfg.loss, block_size=cfg.block_size).block_size ** 2 * FLOAT
     return vectors + 6 * local * cfg.dim * FLOAT
 
 
@@ -127,7 +123,7 @@ def _floor(cfg: Config, local_views: int, device: torch.device) -> float:
     g = torch.Generator().manual_seed(1)
     u = torch.randn(local_views, cfg.dim, generator=g).to(device)
     c = torch.randn(views, cfg.dim, generator=g).to(device)
-    tile = min(views, max(cfg.block_size, 4096))
+    tile = min(views, max(cfg.block_size or 0, 4096))
     times = []
     for _ in range(max(1, cfg.repeats)):
         _sync(device)
@@ -176,19 +172,12 @@ def run_rank(cfg: Config, rank: int = 0) -> dict:
 
 def _rank_main(cfg: Config, rank: int, port: int) -> dict:
     import torch.distributed as dist
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     rank_device(cfg, rank)  # before the process group: NCCL binds the current device
-    dist.init_process_group(backend(cfg), rank=rank, world_size=cfg.world_size)
+    join_local_group(backend(cfg), rank, cfg.world_size, port)
     try:
         return run_rank(cfg, rank)
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_budget(cfg: Config, memory_limit: int | None = None) -> tuple[int, int, str]:
@@ -208,12 +197,12 @@ def measure(cfg: Config, timeout: float = 1800.0, memory_limit: int | None = Non
     if need > limit:
         return Result(cfg, skipped=f"needs ~{need / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB of {where}",
                       bytes_sent=bytes_sent(cfg))
-    port = _free_port()
+    port = free_port()
     payload = json.dumps(asdict(cfg))
     with contextlib.ExitStack() as stack:  # output to files: a rank never blocks on a full pipe
         outs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(cfg.world_size)]
         errs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(cfg.world_size)]
-        procs = [subprocess.Popen([sys.executable, "-m", "eval.loss_scaling", payload, str(rank), str(port)],
+        procs = [subprocess.Popen([sys.executable, "-m", "cluster.bench.loss_scaling", payload, str(rank), str(port)],
                                   stdout=outs[rank], stderr=errs[rank], text=True) for rank in range(cfg.world_size)]
         failed = _wait_all(procs, timeout)
         if failed is not None:
