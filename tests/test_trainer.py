@@ -104,7 +104,7 @@ def _first_steps(tmp_path, digits_shards, channels_last: bool):
     seen, step = [], trainer.method.train_step
 
     def recording_step(batch, i):
-        seen.append(all(v.is_contiguous(memory_format=torch.channels_last) for v in batch["views"]))
+        seen.append(batch["views"].is_contiguous(memory_format=torch.channels_last))
         return step(batch, i)
 
     trainer.method.train_step = recording_step
@@ -144,7 +144,7 @@ class FixedLoader:
             coarse = torch.rand(GLOBAL, 3, 4, 4, generator=g)  # smooth random images: distinct pooled features
             x = (torch.nn.functional.interpolate(coarse, size=16, mode="bilinear") * 255).to(torch.uint8)
             views = [x, x.flip(-1)]  # the positive pair: an image and its mirror
-            yield {"views": [v[self.rank * n:(self.rank + 1) * n] for v in views],
+            yield {"views": torch.cat([v[self.rank * n:(self.rank + 1) * n] for v in views]),
                    "label": torch.zeros(n, dtype=torch.long), "key": [""] * n}
 
 

@@ -1,4 +1,5 @@
-"""Contrastive losses, each ``loss(z1, z2)`` on this worker's ``[n_local, d]`` projections of two views.
+"""Contrastive losses, each ``loss(z1, z2)`` on this worker's ``[n_local, d]`` projections of two views, or
+``loss.stacked(z, num_views)`` on M views stacked view-major (base.py; multi-crop's global + local views).
 
 Each returns this worker's share of the global-batch loss (the mean over workers is the global loss), and,
 with DDP averaging, parameter gradients equal those of one process holding the whole batch.
@@ -8,8 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torch import nn
-
+from pretrain.losses.base import ContrastiveLoss
 from pretrain.losses.binary import BinaryNCE
 from pretrain.losses.ranking import RankingNCE
 from pretrain.losses.spectral import SpectralContrastive
@@ -17,10 +17,10 @@ from pretrain.losses.spectral import SpectralContrastive
 if TYPE_CHECKING:
     from pretrain.config import BinaryLoss, RankingBlockwiseLoss, RankingLoss, SpectralLoss
 
-__all__ = ["BinaryNCE", "RankingNCE", "SpectralContrastive", "build_loss"]
+__all__ = ["BinaryNCE", "ContrastiveLoss", "RankingNCE", "SpectralContrastive", "build_loss"]
 
 
-def build_loss(cfg: RankingLoss | RankingBlockwiseLoss | BinaryLoss | SpectralLoss) -> nn.Module:
+def build_loss(cfg: RankingLoss | RankingBlockwiseLoss | BinaryLoss | SpectralLoss) -> ContrastiveLoss:
     """ranking | ranking-blockwise | binary | spectral, from the run config's loss section."""
     if cfg.name == "ranking":
         return RankingNCE(cfg.temperature)
