@@ -196,3 +196,52 @@ def test_large_jpegs_reduced_decode_views_are_per_sample(tmp_path, monkeypatch):
             for i, k in enumerate(b["key"]):
                 assert torch.equal(one[k][0], per_view(b)[0][i]) and torch.equal(one[k][1], per_view(b)[1][i])
             assert per_view(b).shape == (2, 4, 3, 72, 72)
+
+
+def test_local_views_have_their_size_and_count_and_are_per_sample(small_shards):
+    """Multi-crop: L local views of local_size px per image, a function of the sample key alone (1 rank in-process
+    against 3 ranks with 2 loader workers); the global views are those of the stream without local views."""
+    src = str(small_shards)
+    spec = StreamSpec(source=src, batch_size=20, num_workers=0, seed=5, local_views=3, local_size=12)
+    plain = StreamSpec(source=src, batch_size=20, num_workers=0, seed=5)
+    many = StreamSpec(source=src, batch_size=10, num_workers=2, seed=5, lanes=6, local_views=3, local_size=12)
+
+    def by_key(spec, world):
+        out: dict[str, tuple] = {}
+        for r in range(world):
+            for b in run(spec, r, world, epoch=2)[1]:
+                if spec.local_views:
+                    assert per_view(b, "local_views").shape == (3, len(b["key"]), 3, 12, 12)
+                    assert b["local_views"].dtype == torch.uint8
+                g = per_view(b)
+                lv = per_view(b, "local_views") if spec.local_views else None
+                for i, k in enumerate(b["key"]):
+                    out[k] = (g[:, i], None if lv is None else lv[:, i])
+        return out
+
+    one, three, base = by_key(spec, 1), by_key(many, 3), by_key(plain, 1)
+    common = set(one) & set(three)
+    assert len(common) > 250
+    for k in common:
+        assert torch.equal(one[k][0], three[k][0]) and torch.equal(one[k][1], three[k][1])
+    assert all(torch.equal(one[k][0], base[k][0]) for k in one)          # the local views come after the global ones
+    k = sorted(one)[0]
+    local = one[k][1]
+    assert not torch.equal(local[0], local[1]) and not torch.equal(local[1], local[2])
+
+
+def test_large_jpegs_with_local_views(tmp_path):
+    """Reduced JPEG decodes choose their reduction for the local views too; local views stay per sample."""
+    from data_pipeline.photos import make_photos
+    from data_pipeline.writer import write_shards
+
+    write_shards(str(make_photos(tmp_path / "img", count=12)), tmp_path / "shards", shard_size=6)
+    spec = StreamSpec(source=str(tmp_path / "shards"), batch_size=6, num_workers=0, image_size=96, local_views=2,
+                      local_size=48)
+    one = {k: per_view(b, "local_views")[:, i] for b in make_loader(spec) for i, k in enumerate(b["key"])}
+    spec2 = StreamSpec(source=str(tmp_path / "shards"), batch_size=4, num_workers=0, image_size=96, local_views=2,
+                       local_size=48, lanes=6)
+    for b in make_loader(spec2, rank=1, world_size=3):
+        assert per_view(b, "local_views").shape == (2, 4, 3, 48, 48)
+        for i, k in enumerate(b["key"]):
+            assert torch.equal(one[k], per_view(b, "local_views")[:, i])
