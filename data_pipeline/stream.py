@@ -377,9 +377,11 @@ def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if len(parts) == 1:
         return parts[0]
     out = {**parts[0], "label": torch.cat([p["label"] for p in parts]), "key": [k for p in parts for k in p["key"]]}
+    n = sum(len(p["key"]) for p in parts)
     for name in _VIEW_KEYS:
         if name in parts[0]:  # view-major [V·n_p, …] per part → view-major [V·Σn_p, …]
-            out[name] = torch.cat([p[name].unflatten(0, (-1, len(p["key"]))) for p in parts], dim=1).flatten(0, 1)
+            v = sum(p[name].shape[0] for p in parts) // max(1, n)
+            out[name] = torch.cat([p[name].unflatten(0, (v, -1)) for p in parts], dim=1).flatten(0, 1)
     return out
 
 

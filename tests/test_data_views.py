@@ -122,3 +122,20 @@ def test_colour_pipeline_equals_torchvision_ops_in_the_drawn_order(side):
             y = TF.gaussian_blur(y, [r.blur_kernel] * 2, [float(p.sigma[t])] * 2)
         torch.testing.assert_close(out[t], y, atol=1e-4, rtol=0)
     assert p.jitter.any() and p.gray.any() and p.blur.any()
+
+
+def test_per_image_draws_stack_to_the_batch_draw_and_later_views_continue_the_stream():
+    """What the reduced-decode path relies on: each image's own draw, stacked, is the batch's draw; and views
+    drawn from ``first_view`` on (multi-crop's local views) are those views of one longer draw."""
+    seeds = np.array([V.sample_seed(3, 0, f"k{i}") for i in range(5)], dtype=np.uint64)
+    sizes = np.array([[40, 60], [64, 48], [33, 33], [300, 200], [32, 32]])
+    r = V.ViewRecipe(size=24)
+    batch = V.draw_params(seeds, sizes, r, 2)
+    rows = [V.draw_params(seeds[i:i + 1], sizes[i:i + 1], r, 2) for i in range(5)]
+    stacked = V.stack_params(rows, 2)
+    longer = V.draw_params(seeds, sizes, r, 5)
+    later = V.draw_params(seeds, sizes, r, 3, first_view=2)
+    for k in V.ViewParams.__dataclass_fields__:
+        assert np.array_equal(getattr(stacked, k), getattr(batch, k)), k
+        assert np.array_equal(getattr(longer, k)[2 * 5:], getattr(later, k)), k
+    assert not np.array_equal(later.top[:5], batch.top[:5]) or not np.array_equal(later.left[:5], batch.left[:5])
