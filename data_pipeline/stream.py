@@ -55,6 +55,8 @@ from data_pipeline.views import (
     stack_params,
 )
 
+VIEW_KEYS = ("views", "local_views")  # the batch's image tensors (view-major, uint8)
+
 
 @dataclass
 class StreamSpec:
@@ -378,14 +380,11 @@ def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
         return parts[0]
     out = {**parts[0], "label": torch.cat([p["label"] for p in parts]), "key": [k for p in parts for k in p["key"]]}
     n = sum(len(p["key"]) for p in parts)
-    for name in _VIEW_KEYS:
+    for name in VIEW_KEYS:
         if name in parts[0]:  # view-major [V·n_p, …] per part → view-major [V·Σn_p, …]
             v = sum(p[name].shape[0] for p in parts) // max(1, n)
             out[name] = torch.cat([p[name].unflatten(0, (v, -1)) for p in parts], dim=1).flatten(0, 1)
     return out
-
-
-_VIEW_KEYS = ("views", "local_views")
 
 
 class ShardLoader:
@@ -447,7 +446,7 @@ class ShardLoader:
 
 
 def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
-    return {**batch, **{k: batch[k].pin_memory() for k in _VIEW_KEYS if k in batch}, "label": batch["label"].pin_memory()}
+    return {**batch, **{k: batch[k].pin_memory() for k in VIEW_KEYS if k in batch}, "label": batch["label"].pin_memory()}
 
 
 def _mp_context():

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from data_pipeline.stream import VIEW_KEYS
 from pretrain.checkpoint import load_checkpoint, save_checkpoint, seed_rank_rng, set_rng_state
 from pretrain.config import RunConfig
 from pretrain.methods import build_method
@@ -196,7 +197,7 @@ class Trainer:
                 window_wait += time.perf_counter() - t0
                 if cfg.log_batch_keys:
                     key_hashes.append(_global_keys_hash(batch["key"]))
-                for name in ("views", "local_views"):
+                for name in VIEW_KEYS:
                     if name in batch:
                         batch[name] = to_device(batch[name], self.device, self.memory_format)
                 metrics = self.method.train_step(batch, self.step)  # device tensors: read at log steps only

@@ -34,10 +34,12 @@ class SimCLRNet(nn.Module):
 
     def forward(self, views: torch.Tensor, n: int, local_views: torch.Tensor | None = None) -> torch.Tensor:
         """``views`` ``[V·n, C, S, S]`` and multi-crop's ``local_views`` ``[L·n, C, s, s]``, each view-major: one
-        encoder pass per resolution (BN sees all views of that size), then the loss of all V + L views."""
-        z = self.projector(self.encoder(self.normalize(views)))
+        encoder pass per resolution (its BN sees all views of that size), one projector pass over the pooled
+        features of all V + L views, then their loss."""
+        h = self.encoder(self.normalize(views))
         if local_views is not None:
-            z = torch.cat([z, self.projector(self.encoder(self.normalize(local_views)))])
+            h = torch.cat([h, self.encoder(self.normalize(local_views))])
+        z = self.projector(h)
         return self.loss.stacked(z.float(), z.shape[0] // n)
 
 
