@@ -5,7 +5,7 @@ DDP-wrapped encoder; one process computes it on the whole batch. Contract: the m
 single-process loss and every rank's parameter gradients (temperature/bias included) are the single-process
 gradients — for the O(B) binary loss, whose negatives stay inside each rank, the single process computes the mean of
 the ranks' local losses over the same partition. Shards are drawn unlike each other, so a missing gradient path
-through a collective shows.
+through a collective shows. ``num_views`` > 2 checks the multi-view (multi-crop) form ``loss.stacked(z, M)``.
 """
 
 from __future__ import annotations
@@ -40,34 +40,41 @@ class Net(nn.Module):
         self.enc = nn.Sequential(nn.Linear(D_IN, 16), nn.Tanh(), nn.Linear(16, D_OUT))
         self.loss = loss
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.enc(x1), self.enc(x2))
+    def forward(self, x: torch.Tensor, num_views: int) -> torch.Tensor:
+        """``x``: ``[M·n, D_IN]`` view-major."""
+        return self.loss.stacked(self.enc(x), num_views)
 
 
-def global_batch(world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank r's rows are drawn with scale (1 + r) and offset r: shards that look nothing alike."""
+def global_batch(world: int, num_views: int = 2) -> torch.Tensor:
+    """``[M, W·N_LOCAL, D_IN]``: M views of the global batch; rank r's rows are drawn with scale (1 + r) and offset r,
+    shards that look nothing alike."""
     g = torch.Generator().manual_seed(42)
-    parts = [(torch.randn(2, N_LOCAL, D_IN, generator=g) * (1 + r) + r) for r in range(world)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    parts = [(torch.randn(num_views, N_LOCAL, D_IN, generator=g) * (1 + r) + r) for r in range(world)]
+    return torch.cat(parts, dim=1)
+
+
+def rank_rows(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s shard of ``global_batch``, stacked view-major ``[M·N_LOCAL, D_IN]``."""
+    return x[:, rank * N_LOCAL:(rank + 1) * N_LOCAL].flatten(0, 1)
 
 
 def grads(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: p.grad.detach().cpu().clone() for k, p in module.named_parameters()}
 
 
-def single_process(name: str, world: int) -> tuple[float, dict[str, torch.Tensor]]:
+def single_process(name: str, world: int, num_views: int = 2) -> tuple[float, dict[str, torch.Tensor]]:
     """(loss, parameter gradients) of one process holding the whole batch, on CPU."""
     net = Net(CASES[name]())
-    x1, x2 = global_batch(world)
+    x = global_batch(world, num_views)
     if name in LOCAL_NEGATIVES:
-        loss = torch.stack([net(a, b) for a, b in zip(x1.chunk(world), x2.chunk(world), strict=True)]).mean()
+        loss = torch.stack([net(rank_rows(x, r), num_views) for r in range(world)]).mean()
     else:
-        loss = net(x1, x2)
+        loss = net(x.flatten(0, 1), num_views)
     loss.backward()
     return float(loss.detach()), grads(net)
 
 
-def _worker(rank: int, world: int, port: int, backend: str, queue) -> None:
+def _worker(rank: int, world: int, port: int, backend: str, num_views: int, queue) -> None:
     import torch.distributed as dist
 
     device = torch.device("cpu")
@@ -81,9 +88,7 @@ def _worker(rank: int, world: int, port: int, backend: str, queue) -> None:
         for name in CASES:
             net = Net(CASES[name]()).to(device)
             ddp = nn.parallel.DistributedDataParallel(net, device_ids=[rank] if device.type == "cuda" else None)
-            x1, x2 = (x.to(device) for x in global_batch(world))
-            rows = slice(rank * N_LOCAL, (rank + 1) * N_LOCAL)
-            loss = ddp(x1[rows], x2[rows])
+            loss = ddp(rank_rows(global_batch(world, num_views), rank).to(device), num_views)
             loss.backward()
             value = loss.detach().clone()
             dist.all_reduce(value)
@@ -96,14 +101,14 @@ def _worker(rank: int, world: int, port: int, backend: str, queue) -> None:
         dist.destroy_process_group()
 
 
-def run_ranks(world: int, backend: str, timeout: float = 300.0) -> dict[int, dict]:
+def run_ranks(world: int, backend: str, timeout: float = 300.0, num_views: int = 2) -> dict[int, dict]:
     """Each rank's {loss name: (mean loss over ranks, gradients)} from ``world`` spawned processes."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, backend, queue)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, backend, num_views, queue)) for r in range(world)]
     for p in procs:
         p.start()
     try:

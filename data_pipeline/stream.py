@@ -3,7 +3,8 @@
     spec = StreamSpec(source="shards/", batch_size=256)   # per rank; the global batch is batch_size × W
     loader = make_loader(spec, rank=r, world_size=W, epoch=e, start_batch=b)
     len(loader)          # batches this loader yields: plan.steps − b, the same on every rank
-    for batch in loader: # {"views": [uint8 [n,3,S,S]] * num_views, "label": int64 [n], "key": [str], "index": int}
+    for batch in loader: # {"views": uint8 [V·n,3,S,S], "label": int64 [n], "key": [str], "index": int}
+                         # (+ "local_views": uint8 [L·n,3,s,s] with spec.local_views = L > 0)
     loader.stats         # {"bad": {kind: n}, "repeated", "dropped", "seen", "batches", "bad_examples"}
 
 Every worker executes its part of :func:`data_pipeline.plan.make_plan` (the same function `bigbatch shards
@@ -14,6 +15,9 @@ size that divides the lanes. A worker yields its lanes' part of each step; the l
 step in lane order (the probe pass: whole batches round-robin). A bad sample (see badinput.py) is replaced in its
 part by a good one of the same part (counted as repeated; keeps every rank's batch count and size), or, in the
 non-equalized probe pass, left out. Workers send per-part stats deltas with each part; the loader sums them.
+A batch's views are one view-major tensor (rows v·n … v·n+n−1: view v of the n images, see views.make_views);
+multi-crop's L local views of each image are a second one, drawn from the same per-sample seed after the V global
+views, so both are a function of the sample alone.
 """
 
 from __future__ import annotations
@@ -41,7 +45,17 @@ from data_pipeline.manifest import (
 )
 from data_pipeline.plan import DEFAULT_LANES, EpochPlan, Lane, Segment, WorkerPlan, lane_order, make_plan
 from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
-from data_pipeline.views import ViewRecipe, center_view, make_views, sample_seed
+from data_pipeline.views import (
+    ViewParams,
+    ViewRecipe,
+    center_view,
+    draw_params,
+    make_views,
+    sample_seed,
+    stack_params,
+)
+
+VIEW_KEYS = ("views", "local_views")  # the batch's image tensors (view-major, uint8)
 
 
 @dataclass
@@ -49,10 +63,14 @@ class StreamSpec:
     source: Any                     # dir/URL with manifest.json, manifest URL, brace pattern, list of URLs, Manifest,
                                     # or "digits" / "digits-holdout" (the built-in default)
     batch_size: int                 # per rank: the plan's global batch is batch_size × world_size
-    num_views: int = 2
+    num_views: int = 2              # global views per image
     augment: bool = True
     image_size: int = 32
     blur: bool | None = None        # None: on above 32 px
+    global_scale: tuple[float, float] = (0.08, 1.0)   # crop area range of the global views
+    local_views: int = 0            # multi-crop: local views per image (augment only)
+    local_size: int = 16
+    local_scale: tuple[float, float] = (0.05, 0.14)
     mode: Literal["exact", "resampled"] = "exact"
     seed: int = 0
     shuffle: bool = True
@@ -66,7 +84,11 @@ class StreamSpec:
 
     @property
     def recipe(self) -> ViewRecipe:
-        return ViewRecipe(size=self.image_size, blur=self.blur)
+        return ViewRecipe(size=self.image_size, scale=self.global_scale, blur=self.blur)
+
+    @property
+    def local_recipe(self) -> ViewRecipe:
+        return ViewRecipe(size=self.local_size, scale=self.local_scale, blur=self.blur)
 
 
 _MANIFESTS: dict[str, Manifest] = {}
@@ -214,15 +236,14 @@ class WorkerStream:
         delta = empty_stats()
         images: list[torch.Tensor | None] = []
         sizes: list[tuple[int, int]] = []
-        scale: list[tuple[float, float]] | None = None
+        drawn: list[tuple[ViewParams, ViewParams | None] | None] = []  # reduced decodes: the params they drew
         large = spec.augment and spec.image_size > 64
         for raw in raws:
-            img = None
+            img, params = None, None
             if not raw.bad:
                 try:
                     if large and raw.ext in ("jpg", "jpeg"):
-                        img, hw = self._decode_reduced(raw)
-                        scale = scale or []
+                        img, hw, params = self._decode_reduced(raw)
                     else:
                         img = decode(raw.data)
                         hw = (img.shape[1], img.shape[2])
@@ -235,6 +256,7 @@ class WorkerStream:
             else:
                 images.append(img)
                 sizes.append(hw)
+            drawn.append(params)
         good = [i for i, im in enumerate(images) if im is not None]
         keep = list(range(len(raws)))
         if len(good) < len(raws):
@@ -248,23 +270,34 @@ class WorkerStream:
                         raw, images[i], sizes[i] = pool[subs % len(pool)]
                         subs += 1
                         raws[i] = copy.copy(raw)
-                        raws[i].lap = raw.lap + 1000 * subs
+                        raws[i].lap = raw.lap + 1000 * subs  # a new seed: its views are drawn below
                 delta["repeated"] += subs
         raws = [raws[i] for i in keep]
         imgs = [images[i] for i in keep]
-        if scale is not None:
-            scale = [(im.shape[1] / hw[0], im.shape[2] / hw[1]) for im, hw in zip(imgs, [sizes[i] for i in keep], strict=True)]
+        hws = np.array([sizes[i] for i in keep], dtype=np.int64).reshape(-1, 2)
         delta["seen"] = len(raws)
         delta["batches"] = 1
-        seeds = np.array([sample_seed(spec.seed, self.epoch, r.key, r.lap) for r in raws], dtype=np.uint64)
-        if spec.augment:
-            views = make_views(imgs, seeds, spec.recipe, spec.num_views,
-                               sizes=np.array([sizes[i] for i in keep], dtype=np.int64).reshape(-1, 2), scale=scale)
-        else:
+        out = {"label": torch.tensor([r.label for r in raws], dtype=torch.long), "key": [r.key for r in raws],
+               "index": index, "stats": delta}
+        if not spec.augment:
             v = center_view(imgs, spec.image_size)
-            views = [v] * spec.num_views
-        return {"views": views, "label": torch.tensor([r.label for r in raws], dtype=torch.long),
-                "key": [r.key for r in raws], "index": index, "stats": delta}
+            out["views"] = v if spec.num_views == 1 else v.repeat(spec.num_views, 1, 1, 1)
+            return out
+        seeds = np.array([sample_seed(spec.seed, self.epoch, r.key, r.lap) for r in raws], dtype=np.uint64)
+        scale, params, local = None, None, None
+        if any(d is not None for d in drawn):  # reduced decodes: crop boxes map onto the reduced images
+            scale = [(im.shape[1] / hw[0], im.shape[2] / hw[1]) for im, hw in zip(imgs, hws.tolist(), strict=True)]
+            ok = set(good)
+            rows = [drawn[i] if i in ok else None for i in keep]  # substitutes draw with their new seed
+            rows = [r if r is not None else self._draw(seeds[j:j + 1], hws[j:j + 1]) for j, r in enumerate(rows)]
+            params = stack_params([r[0] for r in rows], spec.num_views)
+            if spec.local_views:
+                local = stack_params([r[1] for r in rows], spec.local_views)
+        out["views"] = make_views(imgs, seeds, spec.recipe, spec.num_views, sizes=hws, scale=scale, params=params)
+        if spec.local_views:
+            out["local_views"] = make_views(imgs, seeds, spec.local_recipe, spec.local_views, sizes=hws, scale=scale,
+                                            params=local, first_view=spec.num_views)
+        return out
 
     def _fallback(self, want: int = 16) -> list[tuple[_Raw, torch.Tensor, tuple[int, int]]]:
         """Substitutes for a batch with no good sample: the first ``want`` decodable samples of the dataset in
@@ -292,16 +325,23 @@ class WorkerStream:
                 raise BadInputError("no decodable sample in the whole dataset")
         return self._pool
 
-    def _decode_reduced(self, raw: _Raw) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Decode at the largest JPEG reduction that keeps every view's crop at ≥ the output size."""
+    def _draw(self, seed: np.ndarray, hw: np.ndarray) -> tuple[ViewParams, ViewParams | None]:
+        """One sample's global and local view parameters (``seed`` ``[1]``, ``hw`` its original ``[[H, W]]``)."""
+        spec = self.spec
+        local = draw_params(seed, hw, spec.local_recipe, spec.local_views, spec.num_views) if spec.local_views else None
+        return draw_params(seed, hw, spec.recipe, spec.num_views), local
+
+    def _decode_reduced(self, raw: _Raw) -> tuple[torch.Tensor, tuple[int, int], tuple[ViewParams, ViewParams | None]]:
+        """Decode at the largest JPEG reduction that keeps every view's crop at ≥ its output size; returns the
+        image, its original (H, W) and the view parameters drawn to choose the reduction (make_views uses them)."""
         h, w = image_size(raw.data)
         seed = np.array([sample_seed(self.spec.seed, self.epoch, raw.key, raw.lap)], dtype=np.uint64)
-        from data_pipeline.views import draw_params
-
-        p = draw_params(seed, np.array([[h, w]]), self.spec.recipe, self.spec.num_views)
-        shrink = float(np.minimum(p.height, p.width).min()) / self.spec.image_size
+        params = self._draw(seed, np.array([[h, w]]))
+        shrink = float(np.minimum(params[0].height, params[0].width).min()) / self.spec.image_size
+        if params[1] is not None:
+            shrink = min(shrink, float(np.minimum(params[1].height, params[1].width).min()) / self.spec.local_size)
         reduce = 8 if shrink >= 8 else 4 if shrink >= 4 else 2 if shrink >= 2 else 1
-        return decode_reduced(raw.data, reduce), (h, w)
+        return decode_reduced(raw.data, reduce), (h, w), params
 
     def _count_bad(self, delta: dict[str, Any], raw: _Raw) -> None:
         delta["bad"][raw.bad] += 1
@@ -338,14 +378,13 @@ def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One batch from the parts of a step, in the given (lane) order; each view stays its own block of rows."""
     if len(parts) == 1:
         return parts[0]
-    views = [p["views"] for p in parts]
-    if isinstance(views[0], torch.Tensor):  # one stacked [V·n, …] tensor per part: concatenate view by view
-        v = views[0].shape[0] // max(1, len(parts[0]["key"]))
-        cat = torch.cat([x.unflatten(0, (v, -1)) for x in views], dim=1).flatten(0, 1)
-    else:
-        cat = [torch.cat(vs) for vs in zip(*views, strict=True)]
-    return {**parts[0], "views": cat, "label": torch.cat([p["label"] for p in parts]),
-            "key": [k for p in parts for k in p["key"]]}
+    out = {**parts[0], "label": torch.cat([p["label"] for p in parts]), "key": [k for p in parts for k in p["key"]]}
+    n = sum(len(p["key"]) for p in parts)
+    for name in VIEW_KEYS:
+        if name in parts[0]:  # view-major [V·n_p, …] per part → view-major [V·Σn_p, …]
+            v = sum(p[name].shape[0] for p in parts) // max(1, n)
+            out[name] = torch.cat([p[name].unflatten(0, (v, -1)) for p in parts], dim=1).flatten(0, 1)
+    return out
 
 
 class ShardLoader:
@@ -407,9 +446,7 @@ class ShardLoader:
 
 
 def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
-    views = batch["views"]
-    views = views.pin_memory() if isinstance(views, torch.Tensor) else [v.pin_memory() for v in views]
-    return {**batch, "views": views, "label": batch["label"].pin_memory()}
+    return {**batch, **{k: batch[k].pin_memory() for k in VIEW_KEYS if k in batch}, "label": batch["label"].pin_memory()}
 
 
 def _mp_context():

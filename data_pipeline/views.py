@@ -7,8 +7,10 @@ Each op follows the definition of the matching ``torchvision.transforms.v2.funct
 them), but runs on a whole batch with per-view parameters: crop+resize+flip is one ``grid_sample`` (same-size
 images) or ``v2.functional.resized_crop`` per view (mixed sizes), the colour ops are batched tensor maths.
 The parameters come from a counter-based generator (splitmix64 of a per-sample seed), so a sample's views
-are the same whatever the number of ranks, workers, or where the stream resumed.
-Output: uint8 ``[n, 3, S, S]`` per view; models take ``to_float(x) = x / 255``.
+are the same whatever the number of ranks, workers, or where the stream resumed. View v of a sample reads
+counters [40·v, 40·(v+1)) of its stream, so multi-crop's local views (``first_view=V``) draw after the V global ones.
+Output: one uint8 ``[V·n, 3, S, S]`` tensor, view-major (rows v·n … v·n+n−1 are view v of the n images);
+models take ``pixels.to_unit_range``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data_pipeline.pixels import to_uint8, to_unit_range
+
 GRAY = (0.2989, 0.587, 0.114)  # the ITU-R 601 weights torchvision uses
 _U = 40                          # uniforms per view
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images → float32 in [0, 1]."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,12 @@ def sample_seed(seed: int, epoch: int, key: str, lap: int = 0) -> int:
     return int.from_bytes(h, "little")
 
 
-def uniforms(seeds: np.ndarray, count: int) -> np.ndarray:
-    """``[len(seeds), count]`` uniforms in [0, 1): the splitmix64 stream of each seed (counter-based)."""
+def uniforms(seeds: np.ndarray, count: int, start: int = 0) -> np.ndarray:
+    """``[len(seeds), count]`` uniforms in [0, 1): counters ``start … start+count−1`` of each seed's splitmix64
+    stream (counter-based)."""
     with np.errstate(over="ignore"):
-        s = seeds.astype(np.uint64)[:, None] + np.uint64(0x9E3779B97F4A7C15) * np.arange(1, count + 1, dtype=np.uint64)
+        c = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+        s = seeds.astype(np.uint64)[:, None] + np.uint64(0x9E3779B97F4A7C15) * c
         s = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         s = (s ^ (s >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         s = s ^ (s >> np.uint64(31))
@@ -86,11 +87,13 @@ class ViewParams:
     sigma: np.ndarray
 
 
-def draw_params(seeds: np.ndarray, sizes: np.ndarray, recipe: ViewRecipe, num_views: int) -> ViewParams:
-    """Parameters of ``num_views`` views of n images with ``sizes[i] = (H, W)`` (torchvision's crop sampling:
-    10 tries of (area, log-aspect), else a centre crop clamped to the aspect range)."""
+def draw_params(seeds: np.ndarray, sizes: np.ndarray, recipe: ViewRecipe, num_views: int,
+                first_view: int = 0) -> ViewParams:
+    """Parameters of views ``first_view … first_view+num_views−1`` of n images with ``sizes[i] = (H, W)``
+    (torchvision's crop sampling: 10 tries of (area, log-aspect), else a centre crop clamped to the aspect range)."""
     n = len(seeds)
-    u = uniforms(seeds, _U * num_views).reshape(n, num_views, _U).transpose(1, 0, 2).reshape(n * num_views, _U)
+    u = uniforms(seeds, _U * num_views, _U * first_view)
+    u = u.reshape(n, num_views, _U).transpose(1, 0, 2).reshape(n * num_views, _U)
     hh = np.tile(sizes[:, 0], num_views).astype(np.float64)
     ww = np.tile(sizes[:, 1], num_views).astype(np.float64)
     area = (hh * ww)[:, None]
@@ -274,22 +277,20 @@ def crop_each(images: list[torch.Tensor], src: np.ndarray, p: ViewParams, size: 
         w = max(1, min(int(round(p.width[t] * sx)), img.shape[2] - left))
         v = TF.resized_crop(img.unsqueeze(0), top, left, h, w, [size, size], antialias=True)[0]  # uint8 kernel
         out[t] = v.flip(-1) if p.flip[t] else v
-    return out.float().div_(255.0)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return to_unit_range(out)
 
 
 def make_views(images: list[torch.Tensor], seeds: np.ndarray, recipe: ViewRecipe, num_views: int = 2,
                sizes: np.ndarray | None = None, scale: list[tuple[float, float]] | None = None,
-               chunk_pixels: int = 1 << 19) -> list[torch.Tensor]:
-    """``num_views`` uint8 tensors ``[n, 3, S, S]`` of n decoded uint8 images ``[3, H, W]``; ``sizes`` (H, W) of the
-    original images when ``images`` were decoded reduced by ``scale`` (see decode.decode_reduced)."""
+               params: ViewParams | None = None, first_view: int = 0, chunk_pixels: int = 1 << 19) -> torch.Tensor:
+    """Views ``first_view …`` (``num_views`` of them) of n decoded uint8 images ``[3, H, W]`` as one uint8
+    ``[num_views·n, 3, S, S]`` tensor, view-major. ``sizes`` (H, W) of the original images when ``images`` were
+    decoded reduced by ``scale`` (see decode.decode_reduced); ``params``: the views' parameters when the caller
+    already drew them (``draw_params(seeds, sizes, recipe, num_views, first_view)``)."""
     n, s = len(images), recipe.size
     if sizes is None:
         sizes = np.array([im.shape[1:] for im in images], dtype=np.int64).reshape(n, 2)
-    p = draw_params(seeds, sizes, recipe, num_views)
+    p = params if params is not None else draw_params(seeds, sizes, recipe, num_views, first_view)
     m = n * num_views
     src = np.tile(np.arange(n), num_views)
     same = scale is None and bool((sizes == sizes[0]).all())
@@ -310,8 +311,17 @@ def make_views(images: list[torch.Tensor], seeds: np.ndarray, recipe: ViewRecipe
             down = np.flatnonzero(shrink[a:b])
             x.index_copy_(0, torch.from_numpy(up), crop_same_size(stacked, src[a:b][up], _take(pc, up), s))
             x.index_copy_(0, torch.from_numpy(down), crop_each(images, src[a:b][down], _take(pc, down), s, scale))
+        # Quantised to uint8 on purpose between the colour ops and the model's Normalize: batches cross process
+        # boundaries (loader workers → trainer → device) at a quarter of float32's size.
         out[a:b] = to_uint8(colour(x, pc, recipe))
-    return list(out.view(num_views, n, 3, s, s).unbind(0))
+    return out
+
+
+def stack_params(rows: list[ViewParams], num_views: int) -> ViewParams:
+    """The view-major parameters of n images from each image's own ``draw_params`` (n = 1) result."""
+    return ViewParams(**{k: np.stack([getattr(r, k) for r in rows], axis=1).reshape(num_views * len(rows),
+                                                                                     *getattr(rows[0], k).shape[1:])
+                         for k in ViewParams.__dataclass_fields__})
 
 
 def _slice(p: ViewParams, a: int, b: int) -> ViewParams:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from data_pipeline.pixels import to_unit_range
+
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 [n, 3, H, W] → float [n, 3·H·W] in [0, 1]."""
-    return images.float().flatten(1) / 255
+    return to_unit_range(images).flatten(1)
 
 
 @dataclass

@@ -20,7 +20,7 @@ def extract_features(represent: Callable[[torch.Tensor], torch.Tensor], source: 
                       pin_memory=torch.device(device).type == "cuda")
     feats, labels = [], []
     for batch in make_loader(spec):
-        x = batch["views"][0].to(device, non_blocking=True)
+        x = batch["views"].to(device, non_blocking=True)
         feats.append(represent(x).float().flatten(1).cpu())
         labels.append(batch["label"].cpu())
     if not feats:

@@ -26,12 +26,26 @@ class DataConfig(Strict):
     probe_test: str | None = Field(None, description="held-out shards for the probe; default for digits: the built-in holdout")
     image_size: int = Field(32, ge=8, le=1024)
     blur: bool | None = Field(None, description="Gaussian blur in the view recipe; None: on above 32 px")
+    global_scale: tuple[float, float] = Field((0.08, 1.0), description="crop area range (fraction of the image) "
+                                              "of the image_size views")
+    local_views: int = Field(0, ge=0, le=32, description="multi-crop (simclr): extra local views per image of "
+                             "local_size px at local_scale, positives of the image's other views; 0: off")
+    local_size: int = Field(16, ge=4, le=1024, description="side of the local views")
+    local_scale: tuple[float, float] = Field((0.05, 0.14), description="crop area range of the local views")
     mode: Literal["exact", "resampled"] = "exact"
     shuffle_buffer: int = Field(2000, ge=0)
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
     lanes: int = Field(16, ge=1, description="reading lanes that fix every global batch whatever the world size: "
                        "each world size the run may have must divide them (lanes=12 or 6 for cluster.workers=[1, 3])")
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+    @field_validator("global_scale", "local_scale")
+    @classmethod
+    def _area_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise PydanticCustomError("area_range", "must be [low, high] with 0 < low <= high <= 1 (fractions of "
+                                      "the image's area)")
+        return v
 
 
 class ModelConfig(Strict):
@@ -277,6 +291,9 @@ class RunConfig(Strict):
                                  f"batch_size={self.batch_size} the supported worker counts are {ok}; "
                                  f"data.lanes={_lanes_for(sizes, lanes, self.batch_size)} fits "
                                  + (f"{w}" if len(sizes) == 1 else f"every count in {sizes[0]}..{sizes[-1]}"))
+        if self.data.local_views and self.method != "simclr":
+            raise ValueError(f"data.local_views={self.data.local_views}: multi-crop views are for method=simclr "
+                             f"(method={self.method} models one unaugmented view); set data.local_views=0")
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"steps={self.steps} and epochs={self.epochs}: give one of them")
         if self.steps is None and self.epochs is None:

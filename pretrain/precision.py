@@ -70,7 +70,3 @@ class LossScaler:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(state)
 
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] → float [0, 1]; float input is assumed to be in [0, 1] already."""
-    return images.float() / 255 if images.dtype == torch.uint8 else images.float()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data_pipeline.pixels import to_unit_range
+
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: a fixed, data-independent standardisation
 STD = (0.229, 0.224, 0.225)
 
@@ -21,6 +23,4 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        return self.float_input(x)
+        return self.float_input(to_unit_range(x))

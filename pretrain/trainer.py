@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from data_pipeline.stream import VIEW_KEYS
 from pretrain.checkpoint import load_checkpoint, save_checkpoint, seed_rank_rng, set_rng_state
 from pretrain.config import RunConfig
 from pretrain.methods import build_method
@@ -54,7 +55,9 @@ def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool =
     return StreamSpec(source=resolve_source(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
                       augment=augment, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
                       shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
-                      max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory, lanes=d.lanes)
+                      max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory, lanes=d.lanes,
+                      global_scale=d.global_scale, local_views=d.local_views,
+                      local_size=d.local_size, local_scale=d.local_scale)
 
 
 def sync_batchnorm(module: torch.nn.Module, device: torch.device, world_size: int, enabled: bool = True) -> torch.nn.Module:
@@ -194,7 +197,9 @@ class Trainer:
                 window_wait += time.perf_counter() - t0
                 if cfg.log_batch_keys:
                     key_hashes.append(_global_keys_hash(batch["key"]))
-                batch["views"] = [to_device(v, self.device, self.memory_format) for v in batch["views"]]
+                for name in VIEW_KEYS:
+                    if name in batch:
+                        batch[name] = to_device(batch[name], self.device, self.memory_format)
                 metrics = self.method.train_step(batch, self.step)  # device tensors: read at log steps only
                 self.step += 1
                 self.batch_in_epoch += 1

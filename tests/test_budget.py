@@ -59,7 +59,7 @@ class FixedLoader:
         g = torch.Generator().manual_seed(0)
         for _ in range(STEPS):
             x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g)
-            yield {"views": [x, x.flip(-1)], "label": torch.zeros(8, dtype=torch.long), "key": [""] * 8}
+            yield {"views": torch.cat([x, x.flip(-1)]), "label": torch.zeros(8, dtype=torch.long), "key": [""] * 8}
 
 
 def _rank(rank, port, out):

@@ -45,12 +45,16 @@ def test_shards_plan_json_is_the_streams_plan(digits_shards, capsys):
 def test_bench_data_measures_three_pipelines(small_shards, capsys):
     from cluster.cli import main
 
-    assert main(["bench", "data", str(small_shards), "--seconds", "0.3", "--batch-size", "64"]) == 0
+    assert main(["bench", "data", str(small_shards), "--seconds", "0.3", "--batch-size", "64",
+                 "--local-views", "4"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
-    assert "torchvision ImageFolder + PIL" in "\n".join(out)
-    for key in ("stream_pairs_per_s_per_core", "torchvision_pairs_per_s_per_core", "decode_images_per_s_per_core"):
+    assert "torchvision ImageFolder + PIL" in "\n".join(out) and "bigbatch multi-crop 2x32+4x16" in "\n".join(out)
+    for key in ("stream_pairs_per_s_per_core", "torchvision_pairs_per_s_per_core", "decode_images_per_s_per_core",
+                "multicrop_pairs_per_s_per_core"):
         assert result[key] > 0
+    assert result["multicrop_over_stream"] == pytest.approx(
+        result["multicrop_pairs_per_s_per_core"] / result["stream_pairs_per_s_per_core"], rel=0.02)
     assert result["stream_over_torchvision"] == pytest.approx(
         result["stream_pairs_per_s_per_core"] / result["torchvision_pairs_per_s_per_core"], rel=0.02)
 

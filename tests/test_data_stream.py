@@ -23,6 +23,11 @@ def planned_keys(manifest, plan, rank: int) -> Counter:
     return keys
 
 
+def per_view(b: dict, name: str = "views") -> torch.Tensor:
+    """A batch's view-major ``[V·n, …]`` views as ``[V, n, …]``."""
+    return b[name].unflatten(0, (-1, len(b["key"])))
+
+
 def run(spec: StreamSpec, rank: int = 0, world_size: int = 1, epoch: int = 0, start_batch: int = 0):
     loader = make_loader(spec, rank=rank, world_size=world_size, epoch=epoch, start_batch=start_batch)
     batches = list(loader)
@@ -44,7 +49,7 @@ def test_plan_equals_stream_and_every_rank_gets_the_same_steps(digits_shards, wo
         loader, batches = run(spec, r, world, epoch=1)
         assert len(loader) == len(batches) == plan.steps
         assert [b["index"] for b in batches] == list(range(plan.steps))
-        assert all(len(b["key"]) == batch and b["views"][0].shape == (batch, 3, 32, 32) for b in batches)
+        assert all(len(b["key"]) == batch and per_view(b).shape == (2, batch, 3, 32, 32) for b in batches)
         keys = Counter(k for b in batches for k in b["key"])
         assert keys == planned_keys(m, plan, r)
         everything += keys
@@ -69,7 +74,7 @@ def test_probe_pass_reads_every_sample_exactly_once(digits_shards):
         assert len(loader) == len(batches)
         assert all(len(b["key"]) == 64 for b in batches[:-1]) and 0 < len(batches[-1]["key"]) <= 64
         for b in batches:
-            assert len(b["views"]) == 1
+            assert per_view(b).shape[0] == 1
             assert b["label"].tolist() == [labels[k] for k in b["key"]]
             seen += b["key"]
     assert sorted(seen) == sorted(labels)
@@ -81,11 +86,11 @@ def test_same_seed_same_batches_other_epoch_other_order(small_shards):
     _, b = run(spec, epoch=0)
     _, c = run(spec, epoch=1)
     assert [x["key"] for x in a] == [x["key"] for x in b]
-    assert all(torch.equal(u, v) for x, y in zip(a, b, strict=True) for u, v in zip(x["views"], y["views"], strict=True))
+    assert all(torch.equal(x["views"], y["views"]) for x, y in zip(a, b, strict=True))
     assert [x["key"] for x in a] != [x["key"] for x in c]
     assert Counter(k for x in a for k in x["key"]).keys() == Counter(k for x in c for k in x["key"]).keys()
     # the two views of a sample differ (random crops), and images arrive as uint8
-    assert a[0]["views"][0].dtype == torch.uint8 and not torch.equal(a[0]["views"][0], a[0]["views"][1])
+    assert a[0]["views"].dtype == torch.uint8 and not torch.equal(per_view(a[0])[0], per_view(a[0])[1])
 
 
 def test_resampled_mode_has_the_nominal_epoch_length_and_draws_with_replacement(digits_shards):
@@ -119,7 +124,7 @@ def test_views_depend_on_sample_not_on_ranks_or_workers(small_shards):
             for b in run(spec, r, world, epoch=2)[1]:
                 for i, k in enumerate(b["key"]):
                     counts[k] += 1
-                    out[k] = [v[i] for v in b["views"]]
+                    out[k] = [v[i] for v in per_view(b)]
         return {k: v for k, v in out.items() if counts[k] == 1}
 
     one, many = views_by_key(spec1, 1), views_by_key(spec2, 3)
@@ -139,7 +144,7 @@ def test_resume_yields_the_same_batches(small_shards, workers):
         for x, y in zip(full[b:], rest, strict=True):
             assert x["key"] == y["key"] and x["index"] == y["index"]
             assert torch.equal(x["label"], y["label"])
-            assert all(torch.equal(u, v) for u, v in zip(x["views"], y["views"], strict=True))
+            assert torch.equal(x["views"], y["views"])
         assert loader.state() == {"epoch": 3, "batch": len(full)}
 
 
@@ -183,11 +188,60 @@ def test_large_jpegs_reduced_decode_views_are_per_sample(tmp_path, monkeypatch):
     real = stream.decode_reduced
     monkeypatch.setattr(stream, "decode_reduced", lambda data, r: reductions.append(r) or real(data, r))
     spec = StreamSpec(source=str(tmp_path / "shards"), batch_size=6, num_workers=0, image_size=72)
-    one = {k: (b["views"][0][i], b["views"][1][i]) for b in make_loader(spec) for i, k in enumerate(b["key"])}
+    one = {k: (per_view(b)[0][i], per_view(b)[1][i]) for b in make_loader(spec) for i, k in enumerate(b["key"])}
     assert max(reductions) >= 2 and len(one) == 24
     spec2 = StreamSpec(source=str(tmp_path / "shards"), batch_size=4, num_workers=0, image_size=72, lanes=6)
     for r in range(2):
         for b in make_loader(spec2, rank=r, world_size=3):
             for i, k in enumerate(b["key"]):
-                assert torch.equal(one[k][0], b["views"][0][i]) and torch.equal(one[k][1], b["views"][1][i])
-            assert b["views"][0].shape == (4, 3, 72, 72)
+                assert torch.equal(one[k][0], per_view(b)[0][i]) and torch.equal(one[k][1], per_view(b)[1][i])
+            assert per_view(b).shape == (2, 4, 3, 72, 72)
+
+
+def test_local_views_have_their_size_and_count_and_are_per_sample(small_shards):
+    """Multi-crop: L local views of local_size px per image, a function of the sample key alone (1 rank in-process
+    against 3 ranks with 2 loader workers); the global views are those of the stream without local views."""
+    src = str(small_shards)
+    spec = StreamSpec(source=src, batch_size=20, num_workers=0, seed=5, local_views=3, local_size=12)
+    plain = StreamSpec(source=src, batch_size=20, num_workers=0, seed=5)
+    many = StreamSpec(source=src, batch_size=10, num_workers=2, seed=5, lanes=6, local_views=3, local_size=12)
+
+    def by_key(spec, world):
+        out: dict[str, tuple] = {}
+        for r in range(world):
+            for b in run(spec, r, world, epoch=2)[1]:
+                if spec.local_views:
+                    assert per_view(b, "local_views").shape == (3, len(b["key"]), 3, 12, 12)
+                    assert b["local_views"].dtype == torch.uint8
+                g = per_view(b)
+                lv = per_view(b, "local_views") if spec.local_views else None
+                for i, k in enumerate(b["key"]):
+                    out[k] = (g[:, i], None if lv is None else lv[:, i])
+        return out
+
+    one, three, base = by_key(spec, 1), by_key(many, 3), by_key(plain, 1)
+    common = set(one) & set(three)
+    assert len(common) > 250
+    for k in common:
+        assert torch.equal(one[k][0], three[k][0]) and torch.equal(one[k][1], three[k][1])
+    assert all(torch.equal(one[k][0], base[k][0]) for k in one)          # the local views come after the global ones
+    k = sorted(one)[0]
+    local = one[k][1]
+    assert not torch.equal(local[0], local[1]) and not torch.equal(local[1], local[2])
+
+
+def test_large_jpegs_with_local_views(tmp_path):
+    """Reduced JPEG decodes choose their reduction for the local views too; local views stay per sample."""
+    from cluster.bench.photos import make_photos
+    from data_pipeline.writer import write_shards
+
+    write_shards(str(make_photos(tmp_path / "img", count=12)), tmp_path / "shards", shard_size=6)
+    spec = StreamSpec(source=str(tmp_path / "shards"), batch_size=6, num_workers=0, image_size=96, local_views=2,
+                      local_size=48)
+    one = {k: per_view(b, "local_views")[:, i] for b in make_loader(spec) for i, k in enumerate(b["key"])}
+    spec2 = StreamSpec(source=str(tmp_path / "shards"), batch_size=4, num_workers=0, image_size=96, local_views=2,
+                       local_size=48, lanes=6)
+    for b in make_loader(spec2, rank=1, world_size=3):
+        assert per_view(b, "local_views").shape == (2, 4, 3, 48, 48)
+        for i, k in enumerate(b["key"]):
+            assert torch.equal(one[k], per_view(b, "local_views")[:, i])

@@ -8,6 +8,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from data_pipeline import views as V
+from data_pipeline.pixels import to_unit_range
 
 
 @pytest.fixture
@@ -83,20 +84,20 @@ def test_parameters_follow_the_recipe():
 def test_views_are_a_function_of_the_seed():
     imgs = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(5)]
     seeds = np.array([V.sample_seed(0, 1, f"k{i}") for i in range(5)], dtype=np.uint64)
-    a = V.make_views(imgs, seeds, V.ViewRecipe(size=24), 2)
-    b = V.make_views(imgs[2:4], seeds[2:4], V.ViewRecipe(size=24), 2)   # other batch, same samples
+    a = V.make_views(imgs, seeds, V.ViewRecipe(size=24), 2).unflatten(0, (2, -1))
+    b = V.make_views(imgs[2:4], seeds[2:4], V.ViewRecipe(size=24), 2).unflatten(0, (2, -1))  # other batch, same samples
     assert a[0].shape == (5, 3, 24, 24) and a[0].dtype == torch.uint8
     assert torch.equal(a[0][2:4], b[0]) and torch.equal(a[1][2:4], b[1])
     assert not torch.equal(a[0], a[1])
     assert V.sample_seed(0, 1, "k0") != V.sample_seed(0, 2, "k0") != V.sample_seed(1, 1, "k0")
-    assert V.to_float(a[0]).max() <= 1.0 and V.to_float(a[0]).dtype == torch.float32
+    assert to_unit_range(a[0]).max() <= 1.0 and to_unit_range(a[0]).dtype == torch.float32
 
 
 def test_mixed_sizes_and_centre_view():
     imgs = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in ((40, 60), (64, 48), (33, 33))]
     seeds = np.arange(3, dtype=np.uint64)
     v = V.make_views(imgs, seeds, V.ViewRecipe(size=32, blur=True), 2)
-    assert v[0].shape == (3, 3, 32, 32)
+    assert v.shape == (2 * 3, 3, 32, 32)
     c = V.center_view(imgs, 32)
     torch.testing.assert_close(c[2], TF.center_crop(TF.resize(imgs[2], [32], antialias=True), [32, 32]))
 
@@ -121,3 +122,20 @@ def test_colour_pipeline_equals_torchvision_ops_in_the_drawn_order(side):
             y = TF.gaussian_blur(y, [r.blur_kernel] * 2, [float(p.sigma[t])] * 2)
         torch.testing.assert_close(out[t], y, atol=1e-4, rtol=0)
     assert p.jitter.any() and p.gray.any() and p.blur.any()
+
+
+def test_per_image_draws_stack_to_the_batch_draw_and_later_views_continue_the_stream():
+    """What the reduced-decode path relies on: each image's own draw, stacked, is the batch's draw; and views
+    drawn from ``first_view`` on (multi-crop's local views) are those views of one longer draw."""
+    seeds = np.array([V.sample_seed(3, 0, f"k{i}") for i in range(5)], dtype=np.uint64)
+    sizes = np.array([[40, 60], [64, 48], [33, 33], [300, 200], [32, 32]])
+    r = V.ViewRecipe(size=24)
+    batch = V.draw_params(seeds, sizes, r, 2)
+    rows = [V.draw_params(seeds[i:i + 1], sizes[i:i + 1], r, 2) for i in range(5)]
+    stacked = V.stack_params(rows, 2)
+    longer = V.draw_params(seeds, sizes, r, 5)
+    later = V.draw_params(seeds, sizes, r, 3, first_view=2)
+    for k in V.ViewParams.__dataclass_fields__:
+        assert np.array_equal(getattr(stacked, k), getattr(batch, k)), k
+        assert np.array_equal(getattr(longer, k)[2 * 5:], getattr(later, k)), k
+    assert not np.array_equal(later.top[:5], batch.top[:5]) or not np.array_equal(later.left[:5], batch.left[:5])

@@ -84,7 +84,7 @@ def test_wgan_critic_weights_clipped_and_generator_steps_every_n_critic():
     at_bound = 0
     for s, b in enumerate(_batches(6)):
         g_before = [p.detach().clone() for p in method.generator.parameters()]
-        out = method.train_step({"views": [b]}, s)
+        out = method.train_step({"views": b}, s)
         assert set(out) >= {"loss_d", "loss_g", "wasserstein"}
         assert all(float(p.detach().abs().max()) <= c for p in method.discriminator.parameters())
         at_bound += sum(int((p.abs() == c).sum()) for p in method.discriminator.parameters())
@@ -109,7 +109,7 @@ def test_wgan_critic_learns_to_separate_data_from_samples():
 
     before = estimate()
     for s, b in enumerate(_batches(40)):
-        method.train_step({"views": [b]}, s)
+        method.train_step({"views": b}, s)
     after = estimate()
     assert after > 1e-3 and after > 10 * abs(before), (before, after)
 
@@ -130,7 +130,7 @@ def test_short_digits_run_moves_samples_towards_the_data(loss, tmp_path):
         return d
 
     before = distance()
-    logs = [method.train_step({"views": [b]}, s) for s, b in enumerate(_batches(STEPS))]
+    logs = [method.train_step({"views": b}, s) for s, b in enumerate(_batches(STEPS))]
     after = distance()
     assert set(logs[-1]) >= {"loss", "loss_d", "loss_g", "d_real", "d_fake"}
     assert logs[-1]["d_real"] > logs[-1]["d_fake"]
@@ -147,13 +147,13 @@ def test_state_round_trip_gives_identical_next_step(loss, tmp_path):
     batches = _batches(4)
     a = build(cfg, seed=0)
     for s in range(3):
-        a.train_step({"views": [batches[s]]}, s)
+        a.train_step({"views": batches[s]}, s)
     torch.save(a.state(), tmp_path / "state.pt")
     b = build(cfg, seed=99)
     b.load_state(torch.load(tmp_path / "state.pt", weights_only=True))
     noise = [torch.randn(32, cfg.gan.latent_dim) for _ in range(2)]
     a.sample_noise, b.sample_noise = FixedNoise(noise), FixedNoise(noise)
-    assert a.train_step({"views": [batches[3]]}, 3) == b.train_step({"views": [batches[3]]}, 3)
+    assert a.train_step({"views": batches[3]}, 3) == b.train_step({"views": batches[3]}, 3)
     for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), k
 
@@ -172,7 +172,7 @@ def test_mixed_precision_step(loss, precision):
     g0 = [p.detach().clone() for p in method.generator.parameters()]
     moved = lambda before, net: any(not torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))  # noqa: E731
     for step, batch in enumerate(_batches(16)):
-        out = method.train_step({"views": [batch]}, step)
+        out = method.train_step({"views": batch}, step)
         assert all(math.isfinite(v) for v in out.values())
         if moved(d0, method.discriminator) and moved(g0, method.generator):
             break
@@ -204,7 +204,7 @@ def _gan_rank(rank: int, world: int, loss: str, out_dir: str) -> None:
     method = build(_ddp_cfg(loss), seed=rank, wrap=ddp_wrapper(torch.device("cpu")), sgd_lr=0.05)
     method.sample_noise = FixedNoise(_ddp_noise(), rows)
     for s, b in enumerate(_batches(DDP_STEPS, seed=1)):
-        method.train_step({"views": [b[rows]]}, s)
+        method.train_step({"views": b[rows]}, s)
     torch.save(params_and_grads(method), f"{out_dir}/rank{rank}.pt")
 
 
@@ -218,7 +218,7 @@ def test_two_process_ddp_matches_one_process(loss, tmp_path):
     single = build(_ddp_cfg(loss), seed=0, sgd_lr=0.05)
     single.sample_noise = FixedNoise(_ddp_noise())
     for s, b in enumerate(_batches(DDP_STEPS, seed=1)):
-        single.train_step({"views": [b]}, s)
+        single.train_step({"views": b}, s)
     ref = params_and_grads(single)
     assert_ddp_matches(r0, r1, ref)
     init = build(_ddp_cfg(loss), seed=0).state_dict()

@@ -102,7 +102,7 @@ def _simclr_rank(rank: int, world: int, out_dir: str) -> None:
         g = torch.Generator().manual_seed(rank)
         reads.sites.clear()
         for step in range(3):
-            views = [torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g) for _ in range(2)]
+            views = torch.randint(0, 256, (2 * 16, 3, 16, 16), dtype=torch.uint8, generator=g)
             method.train_step({"views": views}, step)
         report[loss] = sorted(set(reads.sites))
     torch.save(report, f"{out_dir}/rank{rank}.pt")

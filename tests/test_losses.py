@@ -179,3 +179,104 @@ def test_bad_shapes_are_clear_errors():
         RankingNCE()(torch.randn(4, 3), torch.randn(5, 3))
     with pytest.raises(ValueError, match="num_negatives=4 needs a local batch > 4"):
         BinaryNCE(num_negatives=4)(torch.randn(4, 3), torch.randn(4, 3))
+
+
+# -- multi-crop: M views per image stacked view-major, each view's positives the other M − 1 views of its image ---
+def _image(k, n):
+    return k % n
+
+
+def ref_ranking_multi(z, m, tau):
+    u = F.normalize(z.double(), dim=1)
+    rows, n = u.shape[0], u.shape[0] // m
+    total = 0.0
+    for k in range(rows):
+        s = [u[k] @ u[j] / tau for j in range(rows)]
+        pos = [s[j] for j in range(rows) if j != k and _image(j, n) == _image(k, n)]
+        total = total - torch.stack(pos).mean() + torch.logsumexp(torch.stack([s[j] for j in range(rows) if j != k]), 0)
+    return total / rows
+
+
+def ref_binary_all_pairs_multi(z, m, t, b):
+    u = F.normalize(z.double(), dim=1)
+    rows, n = u.shape[0], u.shape[0] // m
+    total = 0.0
+    for k in range(rows):
+        for j in range(rows):
+            if j != k:
+                y = 1.0 if _image(j, n) == _image(k, n) else -1.0
+                total = total - torch.log(torch.sigmoid(y * (t * (u[k] @ u[j]) + b)))
+    return total / rows
+
+
+def ref_binary_shift_multi(z, m, t, b, k):
+    u = F.normalize(z.double(), dim=1).view(m, -1, z.shape[1])
+    n = u.shape[1]
+    terms = []
+    for a in range(m):
+        for c in range(m):
+            if a == c:
+                continue
+            for i in range(n):
+                li = -torch.log(torch.sigmoid(t * (u[a, i] @ u[c, i]) + b))
+                for s in range(1, k + 1):
+                    li = li - torch.log(torch.sigmoid(-(t * (u[a, i] @ u[c, (i + s) % n]) + b)))
+                terms.append(li)
+    return torch.stack(terms).mean()
+
+
+def ref_spectral_multi(z, m, mu):
+    v = z.double().view(m, -1, z.shape[1])
+    pairs = [ref_spectral(v[a], v[c], mu) for a in range(m) for c in range(m) if a != c]
+    return torch.stack(pairs).mean()
+
+
+MULTI = {
+    "ranking": (lambda: RankingNCE(0.2), lambda z, m, loss: ref_ranking_multi(z, m, 0.2)),
+    "ranking-blockwise": (lambda: RankingNCE(0.2, block_size=7), lambda z, m, loss: ref_ranking_multi(z, m, 0.2)),
+    "binary-all-pairs": (lambda: BinaryNCE(all_pairs=True, init_bias=-2.0),
+                         lambda z, m, loss: ref_binary_all_pairs_multi(z, m, math.exp(float(loss.logit_scale)), -2.0)),
+    "binary": (lambda: BinaryNCE(num_negatives=2),
+               lambda z, m, loss: ref_binary_shift_multi(z, m, math.exp(float(loss.logit_scale)), float(loss.bias), 2)),
+    "spectral": (lambda: SpectralContrastive(0.7), lambda z, m, loss: ref_spectral_multi(z, m, 0.7)),
+}
+
+
+@pytest.mark.parametrize("num_views", [3, 6])   # 2 global + 1 or 4 local views
+@pytest.mark.parametrize("name", list(MULTI))
+def test_multi_view_loss_matches_reference(name, num_views):
+    make, ref_fn = MULTI[name]
+    loss = make()
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(num_views * 5, 8, generator=g, dtype=torch.float64)
+    r = z.clone().requires_grad_()
+    ref = ref_fn(r, num_views, loss)
+    ref.backward()
+    x = z.float().requires_grad_()
+    value = loss.stacked(x, num_views)
+    value.backward()
+    assert float(value) == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
+    assert torch.allclose(x.grad.double(), r.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(MULTI))
+def test_two_stacked_views_are_the_two_view_loss(name):
+    """V = 2, L = 0: the stacked form is today's ``loss(z1, z2)``, and the multi-view reference is the two-view one."""
+    make, ref_fn = MULTI[name]
+    loss = make()
+    z1, z2 = _pair(n=7)
+    pair = loss(z1.float(), z2.float())
+    assert float(loss.stacked(torch.cat([z1, z2]).float(), 2)) == float(pair)
+    two_view = {"ranking": lambda: ref_ranking(z1, z2, 0.2), "ranking-blockwise": lambda: ref_ranking(z1, z2, 0.2),
+                "binary-all-pairs": lambda: ref_binary_all_pairs(z1, z2, math.exp(float(loss.logit_scale)), -2.0),
+                "binary": lambda: ref_binary_shift(z1, z2, math.exp(float(loss.logit_scale)), float(loss.bias), 2),
+                "spectral": lambda: ref_spectral(z1, z2, 0.7)}[name]()
+    assert float(ref_fn(torch.cat([z1, z2]), 2, loss)) == pytest.approx(float(two_view), rel=1e-12)
+    assert float(pair) == pytest.approx(float(two_view), rel=1e-5, abs=1e-6)
+
+
+def test_stacked_shape_errors():
+    with pytest.raises(ValueError, match="num_views >= 2"):
+        RankingNCE().stacked(torch.randn(10, 3), 3)
+    with pytest.raises(ValueError, match="num_views >= 2"):
+        SpectralContrastive().stacked(torch.randn(10, 3), 1)

@@ -1,6 +1,7 @@
 """The data-parallel contract: W gloo processes, each calling the loss on its shard of the batch inside a DDP-wrapped
 encoder, produce the parameter gradients (temperature/bias included) of one process computing the same loss on
-the whole batch — for the O(B) binary loss, of one process computing the mean of the workers' local losses.
+the whole batch — for the O(B) binary loss, of one process computing the mean of the workers' local losses — with
+two views per image and with four (multi-crop: two global, two local; ``loss.stacked(z, 4)``).
 The processes and the reference are cluster/doctor_ddp.py's, which `bigbatch doctor` runs on users' hardware."""
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from pretrain.losses import RankingNCE
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("num_views", [2, 4])
 @pytest.mark.parametrize("world", [2, 3])
-def test_ddp_gradients_equal_single_process(world):
-    results = run_ranks(world, "gloo")
+def test_ddp_gradients_equal_single_process(world, num_views):
+    results = run_ranks(world, "gloo", num_views=num_views)
     for name in CASES:
-        ref_value, ref_grads = single_process(name, world)
+        ref_value, ref_grads = single_process(name, world, num_views)
         for rank in range(world):
             value, got = results[rank][name]
             assert value == pytest.approx(ref_value, rel=1e-5, abs=1e-6), (name, rank)  # mean over workers = global loss

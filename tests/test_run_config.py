@@ -33,6 +33,9 @@ def test_overrides_parse_as_yaml():
     ("batch_size=255", "divisible by cluster.workers"),
     ("loss", "expected KEY=VALUE"),
     ("batch_size.x=1", "is a value, not a section"),
+    ("data.local_scale=[0.3, 0.1]", "data.local_scale: must be [low, high] with 0 < low <= high <= 1"),
+    ("data.global_scale=[0, 1]", "data.global_scale: must be [low, high]"),
+    ("data.local_views=-1", "data.local_views"),
 ])
 def test_bad_overrides_name_the_key(override, fragment):
     with pytest.raises(ConfigError) as exc:
@@ -136,3 +139,13 @@ def test_a_config_stored_by_an_older_bigbatch_still_loads():
     simclr = from_stored({"loss": {"name": "binary", "temperature": 0.5, "num_negatives": 4, "all_pairs": True,
                                    "mu": 1.0, "block_size": 512}, "vae": {"latent_dim": 64}})
     assert simclr.loss.model_dump() == {"name": "binary", "num_negatives": None, "all_pairs": True}
+
+
+def test_multi_crop_keys():
+    cfg = load_run_config(None, ["data.local_views=4", "data.local_size=16", "data.local_scale=[0.05, 0.14]",
+                                 "data.global_scale=[0.14, 1]"])
+    assert (cfg.data.local_views, cfg.data.local_size, cfg.data.local_scale, cfg.data.global_scale) == \
+        (4, 16, (0.05, 0.14), (0.14, 1.0))
+    assert load_run_config(None).data.local_views == 0                       # default: two views, as before
+    with pytest.raises(ConfigError, match="multi-crop views are for method=simclr"):
+        load_run_config("vae-digits", ["data.local_views=2"])

@@ -117,7 +117,7 @@ def test_short_digits_run_improves_the_elbo(tmp_path):
     noise = torch.randn(256, cfg.vae.latent_dim, generator=torch.Generator().manual_seed(9))
     before = _heldout_elbo(method, held, noise)
     g = torch.Generator().manual_seed(0)
-    logs = [method.train_step({"views": [train[torch.randint(0, len(train), (32,), generator=g)]]}, s)
+    logs = [method.train_step({"views": train[torch.randint(0, len(train), (32,), generator=g)]}, s)
             for s in range(60)]
     after = _heldout_elbo(method, held, noise)
     assert set(logs[-1]) >= {"loss", "recon", "kl", "elbo"}
@@ -133,7 +133,7 @@ def test_short_digits_run_improves_the_elbo(tmp_path):
 def test_features_representation_and_bernoulli_likelihood():
     cfg = small_cfg("vae", vae={"representation": "features", "likelihood": "bernoulli", "learn_sigma": True})
     method = build(cfg)
-    out = method.train_step({"views": [digits_uint8(16)[:32]]}, 0)
+    out = method.train_step({"views": digits_uint8(16)[:32]}, 0)
     assert math.isfinite(out["loss"]) and out["kl"] >= 0
     # σ means nothing to a Bernoulli likelihood: no parameter without gradient (DDP would wait for it forever)
     assert "sigma" not in out and all(p.grad is not None for p in method.parameters())
@@ -142,7 +142,7 @@ def test_features_representation_and_bernoulli_likelihood():
 
 def _step_both(a, b, batch, noise):
     a.sample_noise, b.sample_noise = FixedNoise([noise]), FixedNoise([noise])
-    return a.train_step({"views": [batch]}, 3), b.train_step({"views": [batch]}, 3)
+    return a.train_step({"views": batch}, 3), b.train_step({"views": batch}, 3)
 
 
 def test_state_round_trip_gives_identical_next_step(tmp_path):
@@ -150,7 +150,7 @@ def test_state_round_trip_gives_identical_next_step(tmp_path):
     x = digits_uint8(16)
     a = build(cfg, total_steps=10, seed=0)
     for s in range(3):
-        a.train_step({"views": [x[32 * s:32 * (s + 1)]]}, s)
+        a.train_step({"views": x[32 * s:32 * (s + 1)]}, s)
     torch.save(a.state(), tmp_path / "state.pt")
     b = build(cfg, total_steps=10, seed=123)  # different init: everything must come from the state
     b.load_state(torch.load(tmp_path / "state.pt", weights_only=True))
@@ -168,7 +168,7 @@ def test_mixed_precision_steps_keep_fp32_parameters_and_loss_math(precision):
     method = build(small_cfg("vae", precision=precision))
     before = [p.detach().clone() for p in method.parameters()]
     for step in range(16):
-        out = method.train_step({"views": [digits_uint8(16)[:32]]}, step)
+        out = method.train_step({"views": digits_uint8(16)[:32]}, step)
         assert all(math.isfinite(v) for v in out.values())
         if any(not torch.equal(a, p) for a, p in zip(before, method.parameters(), strict=True)):
             break
@@ -203,7 +203,7 @@ def _vae_rank(rank: int, world: int, out_dir: str) -> None:
     method = build(_ddp_cfg(), total_steps=10, seed=rank, wrap=ddp_wrapper(torch.device("cpu")), sgd_lr=1e-4)
     method.sample_noise = FixedNoise(noises, rows)
     for s, b in enumerate(batches):
-        method.train_step({"views": [b[rows]]}, s)
+        method.train_step({"views": b[rows]}, s)
     torch.save(params_and_grads(method), f"{out_dir}/rank{rank}.pt")
 
 
@@ -215,7 +215,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     batches, noises = _ddp_inputs()
     single.sample_noise = FixedNoise(noises)
     for s, b in enumerate(batches):
-        single.train_step({"views": [b]}, s)
+        single.train_step({"views": b}, s)
     assert_ddp_matches(r0, r1, params_and_grads(single))
     init = build(_ddp_cfg(), total_steps=10, seed=0).state_dict()
     assert set(r0["params"]) == set(init) and not any(k.startswith("_") for k in init)

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="CPU seconds measured per pipeline")
     p.add_argument("--blur", choices=("on", "off", "auto"), default="auto", help="auto: on above 32 px")
     p.add_argument("--make-photos", type=int, default=0, metavar="N", help="bench on N generated JPEG photos")
+    p.add_argument("--local-views", type=int, default=0, metavar="L", help="also the multi-crop recipe: 2 global "
+                   "views (area 0.14-1) + L local views (0.05-0.14) per image")
+    p.add_argument("--local-size", type=int, default=None, help="side of the local views (default: half the size)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.set_defaults(func=run)
 
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             source = str(ensure_digits()[0])
         size = size or 32
         batch = args.batch_size or (256 if size <= 64 else 64)
-        r = run_bench(source, image_size=size, batch_size=batch, seconds=args.seconds, blur=blur)
+        r = run_bench(source, image_size=size, batch_size=batch, seconds=args.seconds, blur=blur,
+                      local_views=args.local_views, local_size=args.local_size)
     if args.make_photos:
         r["source"] = f"{args.make_photos} generated JPEG photos"
     if not args.json:
@@ -55,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         rows = [("bigbatch stream", "pairs/s", r["stream_pairs_per_s_per_core"], r["stream_over_torchvision"]),
                 ("torchvision ImageFolder + PIL", "pairs/s", r["torchvision_pairs_per_s_per_core"], 1.0),
                 ("decode alone", "images/s", r["decode_images_per_s_per_core"], None)]
+        if args.local_views:
+            rows.insert(1, (f"bigbatch multi-crop 2x{size}+{args.local_views}x{r['local_size']}", "pairs/s",
+                            r["multicrop_pairs_per_s_per_core"],
+                            r["multicrop_pairs_per_s_per_core"] / r["torchvision_pairs_per_s_per_core"]))
         print(f"{'pipeline':<32}{'unit':>10}{'per core':>12}{'vs torchvision':>16}")
         for name, unit, value, ratio in rows:
             print(f"{name:<32}{unit:>10}{value:>12.1f}{(f'{ratio:.2f}x' if ratio else '-'):>16}")

@@ -1,7 +1,9 @@
 """Data throughput, side by side on the same shards and one core: bigbatch's stream (positive pairs/s) vs a plain
 torchvision ImageFolder + PIL transforms pipeline doing the same SimCLR recipe (pairs/s; its parameters, the blur
-kernel included, read from the stream's ``ViewRecipe``) vs decoding alone (images/s). Every pipeline runs in the
-calling process with one torch thread, so "per second" is "per core". No pipeline reads labels.
+kernel included, read from the stream's ``ViewRecipe``) vs decoding alone (images/s); with ``local_views`` L > 0,
+also the stream's multi-crop recipe (2 global views at area 0.14–1 + L local views of ``local_size`` px at 0.05–0.14
+per image, pairs/s = images/s). Every pipeline runs in the calling process with one torch thread, so "per second"
+is "per core". No pipeline reads labels.
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ def torchvision_pipeline(folder: Path, recipe: ViewRecipe, batch_size: int) -> t
 
 
 def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds: float = 5.0,
-              blur: bool | None = None) -> dict[str, Any]:
-    """The three pipelines interleaved on ``source`` for ``seconds`` of CPU time each: the JSON line's fields."""
+              blur: bool | None = None, local_views: int = 0, local_size: int | None = None) -> dict[str, Any]:
+    """The pipelines interleaved on ``source`` for ``seconds`` of CPU time each: the JSON line's fields."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -91,7 +93,12 @@ def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds:
         spec = StreamSpec(source=source, batch_size=batch_size, image_size=image_size, blur=blur, num_workers=0,
                           shuffle_buffer=1000)
         recipe = spec.recipe
-        def stream_steps() -> Iterator[int]:
+        local_size = local_size or max(8, image_size // 2)
+        multi = StreamSpec(source=source, batch_size=batch_size, image_size=image_size, blur=blur, num_workers=0,
+                           shuffle_buffer=1000, global_scale=(0.14, 1.0), local_views=local_views,
+                           local_size=local_size, local_scale=(0.05, 0.14))
+
+        def stream_steps(spec: StreamSpec = spec) -> Iterator[int]:
             for epoch in itertools.count():
                 for b in make_loader(spec, epoch=epoch):
                     yield len(b["key"])
@@ -119,7 +126,8 @@ def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds:
                     for (v1, _), _ in baseline:
                         yield len(v1)
 
-            runs = {"stream": stream_steps(), "torchvision": baseline_steps(), "decode": decode_steps()}
+            runs = {"stream": stream_steps(), "torchvision": baseline_steps(), "decode": decode_steps(),
+                    **({"multicrop": stream_steps(multi)} if local_views else {})}
             for it in runs.values():  # warm-up: imports, first manifest read, first batch
                 next(it)
             rates = _interleaved(runs, seconds)
@@ -130,4 +138,7 @@ def run_bench(source: Any, image_size: int = 32, batch_size: int = 256, seconds:
             "blur": recipe.blur_on, "batch_size": batch_size, "cores": 1,
             "stream_pairs_per_s_per_core": round(stream, 1), "torchvision_pairs_per_s_per_core": round(base, 1),
             "decode_images_per_s_per_core": round(dec, 1),
-            "stream_over_torchvision": round(stream / base, 2), "stream_pairs_over_decode_images": round(stream / dec, 3)}
+            "stream_over_torchvision": round(stream / base, 2), "stream_pairs_over_decode_images": round(stream / dec, 3),
+            **({"local_views": local_views, "local_size": local_size,
+                "multicrop_pairs_per_s_per_core": round(rates["multicrop"], 1),
+                "multicrop_over_stream": round(rates["multicrop"] / stream, 2)} if local_views else {})}

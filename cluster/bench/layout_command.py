@@ -39,9 +39,13 @@ def images_per_s(items: list[str], precision: str, channels_last: bool, batch: i
     method.configure(steps + 2, cpu, ddp_wrapper(cpu))
     method.train()
     g = torch.Generator().manual_seed(0)
-    views = [to_device(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g), cpu, fmt)
-             for _ in range(method.num_views)]
+    views = to_device(torch.randint(0, 256, (method.num_views * n, 3, size, size), dtype=torch.uint8, generator=g),
+                      cpu, fmt)
     batch_ = {"views": views, "label": torch.zeros(n, dtype=torch.long), "key": [""] * n}
+    if cfg.data.local_views:
+        local = torch.randint(0, 256, (cfg.data.local_views * n, 3, cfg.data.local_size, cfg.data.local_size),
+                              dtype=torch.uint8, generator=g)
+        batch_["local_views"] = to_device(local, cpu, fmt)
     for i in range(2):
         method.train_step(batch_, i)
     t0 = time.perf_counter()

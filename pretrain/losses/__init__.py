@@ -1,4 +1,5 @@
-"""Contrastive losses, each ``loss(z1, z2)`` on this worker's ``[n_local, d]`` projections of two views.
+"""Contrastive losses, each ``loss(z1, z2)`` on this worker's ``[n_local, d]`` projections of two views, or
+``loss.stacked(z, num_views)`` on M views stacked view-major (base.py; multi-crop's global + local views).
 
 Each returns this worker's share of the global-batch loss (the mean over workers is the global loss), and,
 with DDP averaging, parameter gradients equal those of one process holding the whole batch.
@@ -14,19 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from torch import nn
-
 from pretrain.config import LOSSES, BinaryLoss, RankingBlockwiseLoss, RankingLoss, SpectralLoss
+from pretrain.losses.base import ContrastiveLoss
 from pretrain.losses.binary import BinaryNCE
 from pretrain.losses.ranking import RankingNCE
 from pretrain.losses.spectral import SpectralContrastive
 
-__all__ = ["BUILDERS", "VARIANTS", "BinaryNCE", "RankingNCE", "SpectralContrastive", "build_loss", "build_variant",
-           "variant_config"]
+__all__ = ["BUILDERS", "VARIANTS", "BinaryNCE", "ContrastiveLoss", "RankingNCE", "SpectralContrastive", "build_loss",
+           "build_variant", "variant_config"]
 
 LossSection = RankingLoss | RankingBlockwiseLoss | BinaryLoss | SpectralLoss
 
-BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
+BUILDERS: dict[str, Callable[[Any], ContrastiveLoss]] = {
     "ranking": lambda c: RankingNCE(c.temperature),
     "ranking-blockwise": lambda c: RankingNCE(c.temperature, block_size=c.block_size),
     "binary": lambda c: BinaryNCE(c.num_negatives or 1, all_pairs=c.all_pairs),  # None with all_pairs
@@ -42,7 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_loss(cfg: LossSection) -> nn.Module:
+def build_loss(cfg: LossSection) -> ContrastiveLoss:
     """The loss module of a run config's loss section (ranking | ranking-blockwise | binary | spectral)."""
     if cfg.name not in BUILDERS:
         raise ValueError(f"unknown loss {cfg.name!r} (choose from {', '.join(BUILDERS)})")
@@ -60,6 +60,6 @@ def variant_config(variant: str, **settings: Any) -> LossSection:
     return cls(**{**section, **given})
 
 
-def build_variant(variant: str, **settings: Any) -> nn.Module:
+def build_variant(variant: str, **settings: Any) -> ContrastiveLoss:
     """``build_loss(variant_config(variant, **settings))``."""
     return build_loss(variant_config(variant, **settings))

@@ -1,14 +1,17 @@
 """Binary (logistic) NCE: each pair is classified as positive or negative, p(y=1 | x, x') = σ(t·uᵀu' + b).
 
-O(B) form (default): anchor i (both views act as anchors) gets its positive and k negatives from shifts of the
-local batch, n_m(i) = the other view of image (i + m) mod n, m = 1..k:
-    ℓ_i = −log σ(t s_{i,p(i)} + b) − Σ_{m≤k} log σ(−(t s_{i,n_m(i)} + b)),   L_local = mean_i ℓ_i.
-No gather; cost O(n·k·d). Negatives live inside each worker's batch, so the global loss is by definition the
+M views per image (M = 2, or 2 + L with multi-crop), u^a_i the unit projection of view a of image i.
+
+O(B) form (default): every ordered pair of distinct views (a, c) of image i is an anchor with its positive u^c_i and
+k negatives from shifts of the local batch, u^c_{(i+m) mod n}, m = 1..k:
+    L_local = (1/(M(M−1)n)) Σ_{a≠c} Σ_i [−log σ(t s(u^a_i, u^c_i) + b) − Σ_{m≤k} log σ(−(t s(u^a_i, u^c_{(i+m) mod n}) + b))].
+No gather; cost O(M²·n·k·d). Negatives live inside each worker's batch, so the global loss is by definition the
 mean of the workers' local losses, and DDP's gradient average is its exact gradient.
 
-All-pairs form (``all_pairs=True``, SigLIP-like, O(B²)): every one of the 2N views is an anchor against all
-other 2N−1 views (one positive, 2N−2 negatives), columns gathered with gradient like the ranking loss:
-L = (1/2N) Σ_k ℓ_k, exact under data parallelism.
+All-pairs form (``all_pairs=True``, SigLIP-like, O(B²)): every one of the M·N views k is an anchor against all
+other M·N − 1 views l (positive y_kl = 1 for the M − 1 other views of its image, y_kl = −1 for the rest), columns
+gathered with gradient like the ranking loss:
+    L = (1/MN) Σ_k Σ_{l≠k} −log σ(y_kl (t s_kl + b)),   exact under data parallelism.
 
 t = exp(t') and b are learnable; SigLIP's init t' = log 10; b = −log k for the O(B) form (the prior log-odds of
 a positive among k+1 candidates), −10 for all-pairs (SigLIP's value for batches of thousands).
@@ -23,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.losses.distributed import check_equal_shards, gather_with_grad, pair_indices, world
+from pretrain.losses.base import ContrastiveLoss
+from pretrain.losses.distributed import check_equal_shards, gather_with_grad, view_indices, world
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -37,7 +41,7 @@ def _shifted_rowdot(a: torch.Tensor, b: torch.Tensor, m: int) -> torch.Tensor:
     return torch.cat([_rowdot(a[: n - m], b[m:]), _rowdot(a[n - m:], b[:m])])
 
 
-class BinaryNCE(nn.Module):
+class BinaryNCE(ContrastiveLoss):
     def __init__(self, num_negatives: int = 1, all_pairs: bool = False, init_logit_scale: float = math.log(10.0),
                  init_bias: float | None = None, learnable: bool = True) -> None:
         super().__init__()
@@ -56,37 +60,40 @@ class BinaryNCE(nn.Module):
             self.register_buffer("logit_scale", scale)
             self.register_buffer("bias", bias)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if z1.shape != z2.shape or z1.ndim != 2:
-            raise ValueError(f"z1 and z2 must both be [n, d]; got {tuple(z1.shape)} and {tuple(z2.shape)}")
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            u1, u2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    def _stacked(self, z: torch.Tensor, num_views: int) -> torch.Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            u = F.normalize(z.float(), dim=1)
             t, b = self.logit_scale.float().exp(), self.bias.float()
-            return self._all_pairs(u1, u2, t, b) if self.all_pairs else self._shifted(u1, u2, t, b)
+            return self._all_pairs(u, num_views, t, b) if self.all_pairs else self._shifted(u, num_views, t, b)
 
-    def _shifted(self, u1: torch.Tensor, u2: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        n, k = u1.shape[0], self.num_negatives
+    def _shifted(self, u: torch.Tensor, num_views: int, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n, k = u.shape[0] // num_views, self.num_negatives
         if k >= n:
             raise ValueError(f"binary NCE: num_negatives={k} needs a local batch > {k}, got {n}")
-        # s(u1_i, u2_i) is the positive of both anchors u1_i and u2_i: one dot product, counted twice.
-        total = 2 * F.softplus(-(t * _rowdot(u1, u2) + b)).sum()
-        for m in range(1, k + 1):  # negatives: the other view of image (i + m) mod n, read as two slices (no copy)
-            for a, o in ((u1, u2), (u2, u1)):
-                total = total + F.softplus(t * _shifted_rowdot(a, o, m) + b).sum()
-        return total / (2 * n)
+        views = u.view(num_views, n, -1).unbind(0)
+        pairs = [(a, c) for a in range(num_views) for c in range(num_views) if a != c]
+        total = 0.0
+        # s(u^a_i, u^c_i) is the positive of both anchors (a, c) and (c, a): one dot product, counted twice.
+        for a, c in pairs:
+            if a < c:
+                total = total + 2 * F.softplus(-(t * _rowdot(views[a], views[c]) + b)).sum()
+        for m in range(1, k + 1):  # negatives: view c of image (i + m) mod n, read as two slices (no copy)
+            for a, c in pairs:
+                total = total + F.softplus(t * _shifted_rowdot(views[a], views[c], m) + b).sum()
+        return total / (len(pairs) * n)
 
-    def _all_pairs(self, u1: torch.Tensor, u2: torch.Tensor, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        n = u1.shape[0]
+    def _all_pairs(self, u: torch.Tensor, num_views: int, t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = u.shape[0] // num_views
         if not self._shards_checked:  # one host read, on the first forward only
-            check_equal_shards(n, u1.device)
+            check_equal_shards(n, u.device)
             self._shards_checked = True
-        u = torch.cat([u1, u2])
         rank, _ = world()
         cols = gather_with_grad(u)
-        self_idx, pos_idx = pair_indices(n, rank, u.device)
+        self_idx, pos_idx = view_indices(n, num_views, rank, u.device)
         logits = t * (u @ cols.T) + b
-        rows = torch.arange(2 * n, device=u.device)
-        sign = torch.ones_like(logits).index_put_((rows, pos_idx), logits.new_full((), -1.0))
+        rows = torch.arange(num_views * n, device=u.device)
+        sign = torch.ones_like(logits).index_put_((rows[:, None].expand_as(pos_idx), pos_idx),
+                                                  logits.new_full((), -1.0))
         per_pair = F.softplus(sign * logits)   # positives: softplus(−x); negatives: softplus(x)
         per_pair = per_pair.index_put((rows, self_idx), logits.new_zeros(()))
         return per_pair.sum(1).mean()

@@ -90,10 +90,12 @@ def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
     return x if size == 1 else _AllReduceWithGrad.apply(x)
 
 
-def pair_indices(n: int, rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For the local views ``cat(z1, z2)`` of ``rank`` inside the gathered ``[W·2n]`` views (each rank's block is its
-    own ``cat(z1, z2)``): (global index of each local view, global index of its positive)."""
-    base = rank * 2 * n
-    local = torch.arange(2 * n, device=device)
-    positive = torch.cat([local[n:], local[:n]])
+def view_indices(n: int, num_views: int, rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For this rank's M·n views (view-major: row a·n + i is view a of image i) inside the gathered ``[W·M·n]`` views
+    (each rank's block its own view-major rows): the global index of each local view ``[M·n]``, and of its M − 1
+    positives, the other views of its image in the order a+1, …, a+M−1 (mod M), ``[M·n, M−1]``."""
+    base = rank * num_views * n
+    local = torch.arange(num_views * n, device=device)
+    shift = torch.arange(1, num_views, device=device)
+    positive = ((local[:, None] // n + shift) % num_views) * n + local[:, None] % n
     return base + local, base + positive

@@ -1,9 +1,12 @@
-"""Ranking NCE (SimCLR's NT-Xent) over all 2N views of the global batch, exact under data parallelism.
+"""Ranking NCE (SimCLR's NT-Xent) over all M·N views of the global batch, exact under data parallelism.
 
-    s_kl = u_kᵀu_l / τ,   ℓ_k = −s_{k,p(k)} + log Σ_{l≠k} exp(s_kl),   L = (1/2N) Σ_k ℓ_k
+With M views per image (M = 2, or 2 + L with multi-crop), P(k) the M − 1 other views of view k's image:
 
-Each worker gathers every view (with gradient), computes ℓ_k for its own 2n rows against all 2N columns and
-returns their mean; the mean over workers is L and DDP's gradient average is the single-process gradient.
+    s_kl = u_kᵀu_l / τ,   ℓ_k = −(1/(M−1)) Σ_{p∈P(k)} s_kp + log Σ_{l≠k} exp(s_kl),   L = (1/MN) Σ_k ℓ_k
+
+(SupCon's L_out with the image as the class; M = 2 is NT-Xent.) Each worker gathers every view (with gradient),
+computes ℓ_k for its own M·n rows against all M·N columns and returns their mean; the mean over workers is L and
+DDP's gradient average is the single-process gradient.
 Maths in fp32 whatever the autocast; the diagonal is excluded with −inf (no large constants).
 ``block_size`` switches to the tiled, memory-bounded form (ranking_blockwise.py): same value and gradient.
 No host-device synchronisation after the first forward (which checks that every worker holds as many rows).
@@ -13,13 +16,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from pretrain.config import RankingLoss
-from pretrain.losses.distributed import check_equal_shards, gather_with_grad, pair_indices, world
+from pretrain.losses.base import ContrastiveLoss
+from pretrain.losses.distributed import check_equal_shards, gather_with_grad, view_indices, world
+from pretrain.losses.ranking_blockwise import blockwise_ranking_nce
 
 
-class RankingNCE(nn.Module):
+class RankingNCE(ContrastiveLoss):
     def __init__(self, temperature: float = RankingLoss.model_fields["temperature"].default,
                  block_size: int | None = None) -> None:
         super().__init__()
@@ -31,24 +35,22 @@ class RankingNCE(nn.Module):
         self.block_size = block_size
         self._shards_checked = False
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if z1.shape != z2.shape or z1.ndim != 2:
-            raise ValueError(f"z1 and z2 must both be [n, d]; got {tuple(z1.shape)} and {tuple(z2.shape)}")
-        n = z1.shape[0]
+    def _stacked(self, z: torch.Tensor, num_views: int) -> torch.Tensor:
+        n = z.shape[0] // num_views
         if not self._shards_checked:
-            check_equal_shards(n, z1.device)
+            check_equal_shards(n, z.device)
             self._shards_checked = True
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            u = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            u = F.normalize(z.float(), dim=1)
             rank, _ = world()
             columns = gather_with_grad(u)
-            self_idx, pos_idx = pair_indices(n, rank, u.device)
+            self_idx, pos_idx = view_indices(n, num_views, rank, u.device)
             if self.block_size is not None:
-                from pretrain.losses.ranking_blockwise import blockwise_ranking_nce
-                return blockwise_ranking_nce(u, columns, rank * 2 * n, pos_idx, self.temperature, self.block_size)
+                return blockwise_ranking_nce(u, columns, rank * num_views * n, pos_idx, self.temperature,
+                                             self.block_size)
             logits = u @ columns.T / self.temperature
-            rows = torch.arange(2 * n, device=u.device)
-            positive = logits[rows, pos_idx]
+            rows = torch.arange(num_views * n, device=u.device)
+            positive = logits.gather(1, pos_idx).mean(1)
             logits = logits.index_put((rows, self_idx), logits.new_full((), float("-inf")))
             return (torch.logsumexp(logits, dim=1) - positive).mean()
 

@@ -1,8 +1,8 @@
 """Memory-bounded ranking NCE: the plain loss computed tile by tile, never holding the [rows × columns] logits.
 
 Forward: for each row tile, a running log-sum-exp over column tiles (self-similarity masked with −inf), and the
-positive logit as a row-wise dot product. Backward recomputes each tile:
-    ∂L/∂s_kl = (softmax_l(s_k·) − 1[l = p(k)]) / R,  with softmax over l ≠ k,
+mean positive logit (over row k's P positives P(k)) as row-wise dot products. Backward recomputes each tile:
+    ∂L/∂s_kl = (softmax_l(s_k·) − 1[l ∈ P(k)] / P) / R,  with softmax over l ≠ k,
     ∂L/∂u_k = Σ_l ∂L/∂s_kl · c_l / τ,   ∂L/∂c_l = Σ_k ∂L/∂s_kl · u_k / τ.
 Memory O((R + C)·d + block²) instead of O(R·C); tiles of block² fp32 stay in cache.
 Row k's self-similarity is column ``base + k`` (the rows are a contiguous block of the columns), so each tile's
@@ -40,7 +40,7 @@ class _BlockwiseRankingNCE(torch.autograd.Function):
             for c0, c1 in _tiles(n_cols, block):
                 run = torch.logaddexp(run, torch.logsumexp(_masked_tile(rows[r0:r1], cols, r0, c0, c1, base, inv_t), 1))
             lse[r0:r1] = run
-        positive = (rows * cols[pos_idx]).sum(1) * inv_t
+        positive = (rows.unsqueeze(1) * cols[pos_idx]).sum(2).mean(1) * inv_t
         ctx.save_for_backward(rows, cols, pos_idx, lse)
         ctx.inv_t, ctx.block, ctx.base = inv_t, block, base
         return (lse - positive).mean()
@@ -59,13 +59,14 @@ class _BlockwiseRankingNCE(torch.autograd.Function):
                 p = _masked_tile(u, cols, r0, c0, c1, base, inv_t).sub_(lse[r0:r1, None]).exp_()  # exp(−inf) = 0
                 g_rows[r0:r1].addmm_(p, cols[c0:c1])
                 g_cols[c0:c1].addmm_(p.T, u)
-        g_rows -= cols[pos_idx]
-        g_cols.index_add_(0, pos_idx, -rows)
+        npos = pos_idx.shape[1]
+        g_rows -= cols[pos_idx].mean(1)
+        g_cols.index_add_(0, pos_idx.reshape(-1), rows.repeat_interleave(npos, 0).div_(-npos))
         return g_rows * scale, g_cols * scale, None, None, None, None
 
 
 def blockwise_ranking_nce(rows: torch.Tensor, cols: torch.Tensor, base: int, pos_idx: torch.Tensor,
                           temperature: float, block: int) -> torch.Tensor:
     """Mean over ``rows`` of ℓ_k against ``cols`` (fp32, unit-norm inputs), computed in ``block``-sized tiles; row k's
-    self-similarity (excluded) is column ``base + k``, its positive column ``pos_idx[k]``."""
+    self-similarity (excluded) is column ``base + k``, its positives the columns ``pos_idx[k]`` (``[rows, P]``)."""
     return _BlockwiseRankingNCE.apply(rows, cols, base, pos_idx, temperature, block)

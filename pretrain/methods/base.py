@@ -11,8 +11,9 @@ A method owns its networks, losses, optimisers and schedulers. The trainer (pret
   4. saves ``state()`` / restores ``load_state()`` in checkpoints;
   5. evaluates ``represent(images)`` — the frozen features the probe uses.
 
-``batch`` is a dict from the data stream: ``"views"`` (list of ``[n, C, H, W]`` float tensors, one per view,
-already on the device), ``"label"`` and ``"key"``.
+``batch`` is a dict from the data stream: ``"views"`` (one uint8 ``[V·n, C, H, W]`` tensor of the n images' V =
+``num_views`` views, view-major, already on the device), with multi-crop ``"local_views"`` (uint8 ``[L·n, C, h, w]``),
+``"label"`` and ``"key"``.
 """
 
 from __future__ import annotations

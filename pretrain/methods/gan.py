@@ -26,13 +26,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from data_pipeline.pixels import to_unit_range
 from pretrain.config import RunConfig
 from pretrain.encoders import create_encoder
 from pretrain.generative.gan_losses import clip_weights_, critic_loss, discriminator_loss, generator_loss
 from pretrain.generative.images import save_grid
 from pretrain.generative.networks import ConvDecoder
 from pretrain.methods.base import PretrainMethod, Wrap
-from pretrain.precision import LossScaler, autocast_context, to_unit_range
+from pretrain.precision import LossScaler, autocast_context
 from pretrain.preprocess import Normalize
 
 
@@ -111,7 +112,7 @@ class GAN(PretrainMethod):
         return step % self.n_critic == self.n_critic - 1
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
-        real = to_unit_range(batch["views"][0])
+        real = to_unit_range(batch["views"])
         n = real.shape[0]
         amp = lambda: autocast_context(self.cfg.precision, self.device)  # noqa: E731
         # Discriminator / critic step: G's samples are constants here.

@@ -1,4 +1,5 @@
-"""SimCLR: encoder f → projection head g → contrastive loss between the two views of each image.
+"""SimCLR: encoder f → projection head g → contrastive loss between the views of each image (two, or multi-crop's
+two global and L local views).
 
 The loss module sits inside the data-parallel wrapper with the networks, so learnable loss parameters
 (the binary loss's temperature and bias) are averaged by DDP like every other gradient, and the
@@ -14,6 +15,7 @@ from torch import nn
 
 from pretrain.config import RunConfig
 from pretrain.encoders import ProjectionHead, create_encoder
+from pretrain.losses import ContrastiveLoss
 from pretrain.methods.base import PretrainMethod, Wrap
 from pretrain.optim import WarmupCosine, build_optimizer
 from pretrain.precision import LossScaler, autocast_context
@@ -21,20 +23,24 @@ from pretrain.preprocess import Normalize
 
 
 class SimCLRNet(nn.Module):
-    """(views₁, views₂) uint8 → scalar loss: normalise, encode, project, contrast."""
+    """Stacked uint8 views → scalar loss: normalise, encode, project, contrast (``loss.stacked``)."""
 
-    def __init__(self, encoder: nn.Module, projector: nn.Module, loss: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, projector: nn.Module, loss: ContrastiveLoss) -> None:
         super().__init__()
         self.normalize = Normalize()
         self.encoder = encoder
         self.projector = projector
         self.loss = loss
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        n = x1.shape[0]
-        h = self.encoder(self.normalize(torch.cat([x1, x2])))  # one pass: BN sees both views
+    def forward(self, views: torch.Tensor, n: int, local_views: torch.Tensor | None = None) -> torch.Tensor:
+        """``views`` ``[V·n, C, S, S]`` and multi-crop's ``local_views`` ``[L·n, C, s, s]``, each view-major: one
+        encoder pass per resolution (its BN sees all views of that size), one projector pass over the pooled
+        features of all V + L views, then their loss."""
+        h = self.encoder(self.normalize(views))
+        if local_views is not None:
+            h = torch.cat([h, self.encoder(self.normalize(local_views))])
         z = self.projector(h)
-        return self.loss(z[:n].float(), z[n:].float())
+        return self.loss.stacked(z.float(), z.shape[0] // n)
 
 
 class SimCLR(PretrainMethod):
@@ -66,11 +72,11 @@ class SimCLR(PretrainMethod):
         object.__setattr__(self, "_train_net", wrap(self.net))  # not registered: state_dict stays unprefixed
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
-        x1, x2 = batch["views"]
+        views = batch["views"]
         opt = self.optimizers["main"]
         opt.zero_grad(set_to_none=True)
         with autocast_context(self.cfg.precision, self.device):
-            loss = self._train_net(x1, x2)
+            loss = self._train_net(views, views.shape[0] // self.num_views, batch.get("local_views"))
         self._scaler.backward(loss)
         self._scaler.step(opt)
         self._scaler.update()
@@ -86,5 +92,4 @@ class SimCLR(PretrainMethod):
 
     @torch.no_grad()
     def represent(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255 if images.dtype == torch.uint8 else images
-        return self.net.encoder(self.net.normalize.float_input(x))
+        return self.net.encoder(self.net.normalize(images))

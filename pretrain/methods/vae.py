@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from data_pipeline.pixels import to_unit_range
 from pretrain.config import RunConfig
 from pretrain.encoders import create_encoder
 from pretrain.generative.images import save_grid
@@ -29,7 +30,7 @@ from pretrain.generative.vae_math import (
 )
 from pretrain.methods.base import PretrainMethod, Wrap
 from pretrain.optim import WarmupCosine, build_optimizer
-from pretrain.precision import LossScaler, autocast_context, to_unit_range
+from pretrain.precision import LossScaler, autocast_context
 from pretrain.preprocess import Normalize
 
 
@@ -99,7 +100,7 @@ class VAE(PretrainMethod):
         return torch.randn(n, dim, device=self.device)
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
-        x01 = to_unit_range(batch["views"][0])
+        x01 = to_unit_range(batch["views"])
         self._last_images = x01[:32].detach()
         opt = self.optimizers["vae"]
         opt.zero_grad(set_to_none=True)
