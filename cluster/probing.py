@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.builtin import resolve_builtin
 from pretrain.config import RunConfig
 
 
@@ -21,9 +22,7 @@ def probe_sources(cfg: RunConfig) -> tuple[str, str] | None:
     """(train, test) shards of the probe; None when the config names no held-out data."""
     d = cfg.data
     if d.train == "digits":
-        from data_pipeline.builtin import ensure_digits
-        train, holdout = ensure_digits()
-        return d.probe_train or str(train), d.probe_test or str(holdout)
+        return resolve_builtin(d.probe_train or "digits"), resolve_builtin(d.probe_test or "digits-holdout")
     if d.probe_test:
         return d.probe_train or d.train, d.probe_test
     return None

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipeline.badinput import BadInputCounter, BadInputError, empty_stats, merge_stats
+from data_pipeline.builtin import resolve_builtin
 from data_pipeline.decode import UndecodableImage, decode, decode_reduced, image_member, image_size
 from data_pipeline.errors import UserInputError
 from data_pipeline.manifest import (
@@ -98,10 +99,7 @@ def load_source(source: Any) -> Manifest:
     """Resolve (and cache per process) the manifest of a stream source."""
     if isinstance(source, Manifest):
         return source
-    if source in ("digits", "digits-holdout"):  # the built-in default (written to the cache on first use)
-        from data_pipeline.builtin import ensure_digits
-
-        source = str(ensure_digits()[source == "digits-holdout"])
+    source = resolve_builtin(source)
     key = repr(source)
     local = Path(str(source)) / "manifest.json" if isinstance(source, str | Path) else None
     if local is not None and local.exists():

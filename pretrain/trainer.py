@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from data_pipeline.builtin import resolve_builtin
 from data_pipeline.stream import VIEW_KEYS
 from pretrain.checkpoint import load_checkpoint, save_checkpoint, seed_rank_rng, set_rng_state
 from pretrain.config import RunConfig
@@ -39,20 +40,12 @@ class TrainerHooks(Protocol):
         """Called on every rank at checkpoint steps; ``write(dir)`` writes this rank's part into ``dir``."""
 
 
-def resolve_source(source: str) -> str:
-    """'digits' → the built-in digits shards in the cache (written once, race-safe); anything else unchanged."""
-    if source == "digits":
-        from data_pipeline.builtin import ensure_digits
-        return str(ensure_digits()[0])
-    return source
-
-
 def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool = True, pin_memory: bool = False):
     """The training stream of one rank: its share of the global batch; augmented views unless the method
     (VAE, GAN) models the images themselves; page-locked batches when they go to a CUDA device."""
     from data_pipeline.stream import StreamSpec
     d = cfg.data
-    return StreamSpec(source=resolve_source(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
+    return StreamSpec(source=resolve_builtin(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
                       augment=augment, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
                       shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
                       max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory, lanes=d.lanes,

@@ -135,6 +135,15 @@ def test_ensure_digits_written_once_when_two_processes_race(tmp_path):
     assert load_manifest(train).num_samples + load_manifest(hold).num_samples == 1797
 
 
+def test_builtin_names_resolve_to_the_cached_split(tmp_path, monkeypatch):
+    from data_pipeline.builtin import ensure_digits, resolve_builtin
+
+    monkeypatch.setenv("BIGBATCH_CACHE", str(tmp_path))
+    train, hold = ensure_digits()
+    assert (resolve_builtin("digits"), resolve_builtin("digits-holdout")) == (str(train), str(hold))
+    assert resolve_builtin("shards/{0..3}.tar") == "shards/{0..3}.tar" and resolve_builtin(["digits"]) == ["digits"]
+
+
 def test_tar_reader_reads_what_tarfile_reads(tmp_path, small_shards):
     """The stream's tar reader against Python's tarfile: webdataset shards, and pax / GNU / ustar archives with
     long names, non-ASCII names, float mtimes and directories."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from data_pipeline.builtin import resolve_builtin
 from data_pipeline.errors import UserInputError
 
 
@@ -25,14 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _source(name: str) -> str:
-    if name in ("digits", "digits-holdout"):
-        from data_pipeline.builtin import ensure_digits
-        train, holdout = ensure_digits()
-        return str(train if name == "digits" else holdout)
-    return name
-
-
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None and not args.baseline:
         raise UserInputError("give a checkpoint/run directory, or --baseline")
@@ -43,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from eval.run_probe import probe_run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    res = probe_run(args.checkpoint, _source(args.train), _source(args.test), baselines=args.baseline,
+    res = probe_run(args.checkpoint, resolve_builtin(args.train), resolve_builtin(args.test), baselines=args.baseline,
                     knn=not args.no_knn, seed=args.seed, device=device, image_size=args.image_size,
                     encoder=args.encoder)
     if not args.json:
