@@ -16,6 +16,7 @@ from typing import Any
 
 from data_pipeline.builtin import resolve_builtin
 from pretrain.config import RunConfig
+from pretrain.run_store import STATE_FILE
 
 
 def probe_sources(cfg: RunConfig) -> tuple[str, str] | None:
@@ -37,7 +38,7 @@ def probe_gpus(cfg: RunConfig) -> float:
 
 def checkpoint_step(directory: Path) -> int:
     import torch
-    return int(torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True, mmap=True)["step"])
+    return int(torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)["step"])
 
 
 def probe_checkpoint(run: dict[str, Any], checkpoint: str, periodic: bool) -> dict[str, Any]:

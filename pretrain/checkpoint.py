@@ -22,8 +22,8 @@ import torch
 
 from data_pipeline.errors import UserInputError
 from pretrain.config import from_stored
+from pretrain.run_store import STATE_FILE
 
-STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from data_pipeline.errors import UserInputError
 from pretrain.preprocess import MEAN, STD, Normalize
-from pretrain.run_store import is_url
+from pretrain.run_store import STATE_FILE, is_url
 
 WEIGHTS, CONFIG, HEADS = "model.safetensors", "config.json", "heads.safetensors"
 FORMAT = 1
@@ -51,9 +51,9 @@ def local_copy(path: str | Path) -> Iterator[Path]:
         raise UserInputError(f"{path}: no such file or directory")
     single = fs.isfile(root)
     base = root.rsplit("/", 1)[0] if single else root
-    names = [root] if single else [f"{root}/{n}" for n in (CONFIG, WEIGHTS, HEADS, "state.pt") if fs.isfile(f"{root}/{n}")]
+    names = [root] if single else [f"{root}/{n}" for n in (CONFIG, WEIGHTS, HEADS, STATE_FILE) if fs.isfile(f"{root}/{n}")]
     if not single:
-        names += fs.glob(f"{root}/checkpoint_*/state.pt") + fs.glob(f"{root}/checkpoints/checkpoint_*/state.pt")
+        names += fs.glob(f"{root}/checkpoint_*/{STATE_FILE}") + fs.glob(f"{root}/checkpoints/checkpoint_*/{STATE_FILE}")
     with tempfile.TemporaryDirectory(prefix="bigbatch-remote-") as tmp:
         for name in names:
             dest = Path(tmp) / name[len(base) + 1:]
