@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from data_pipeline.plan import supported_world_sizes
+from data_pipeline.plan import DEFAULT_LANES, supported_world_sizes
 
 
 class Strict(BaseModel):
@@ -35,7 +35,7 @@ class DataConfig(Strict):
     mode: Literal["exact", "resampled"] = "exact"
     shuffle_buffer: int = Field(2000, ge=0)
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
-    lanes: int = Field(16, ge=1, description="reading lanes that fix every global batch whatever the world size: "
+    lanes: int = Field(DEFAULT_LANES, ge=1, description="reading lanes that fix every global batch whatever the world size: "
                        "each world size the run may have must divide them (lanes=12 or 6 for cluster.workers=[1, 3])")
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
 
