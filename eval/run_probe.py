@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipeline.errors import UserInputError
 from eval.baselines import PCA, PPCA, pixels, random_encoder
 from eval.features import extract_features
 from eval.knn import knn_top1
 from eval.probe import linear_probe
-
-BASELINES = ("pixels", "pca", "ppca", "random-init")
+from pretrain.config import BASELINES
 
 
 def evaluate_features(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, *, knn: bool,
@@ -33,16 +33,20 @@ def evaluate_features(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np
     return out
 
 
+def check_baselines(names: Sequence[str]) -> None:
+    """A name that is not one of ``BASELINES`` is a UserInputError naming it."""
+    for name in names:
+        if name not in BASELINES:
+            raise UserInputError(f"baseline {name!r}: not one of {', '.join(BASELINES)}")
+
+
 def baseline_features(name: str, train: str, test: str, image_size: int, *, encoder: str = "bb_convnet_small",
                       small_stem: bool = True, norm: str = "batch", components: int = 100, seed: int = 0,
                       device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    check_baselines([name])
+    rep: Callable[[torch.Tensor], torch.Tensor] = pixels
     if name == "random-init":
-        net = random_encoder(encoder, small_stem, norm, seed).to(device)
-        rep: Callable[[torch.Tensor], torch.Tensor] = net
-    elif name in ("pixels", "pca", "ppca"):
-        rep = pixels
-    else:
-        raise ValueError(f"unknown baseline {name!r} (choose from {', '.join(BASELINES)})")
+        rep = random_encoder(encoder, small_stem, norm, seed).to(device)
     xtr, ytr = extract_features(rep, train, image_size, device=device)
     xte, yte = extract_features(rep, test, image_size, device=device)
     if name in ("pca", "ppca"):
@@ -61,6 +65,7 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
               image_size: int | None = None, encoder: str | None = None) -> dict:
     """Probe a checkpoint (run dir, checkpoint dir, state.pt or an exported encoder's directory, local or at a URL;
     None: baselines only) and the named baselines."""
+    check_baselines(baselines)
     results: dict = {"train": str(train_source), "test": str(test_source), "seed": seed, "baselines": {}}
     small_stem, norm = True, "batch"
     if checkpoint is not None:

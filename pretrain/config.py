@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -177,11 +177,15 @@ class ClusterConfig(Strict):
         return v
 
 
+Baseline = Literal["pixels", "pca", "ppca", "random-init"]  # the classical representations eval/run_probe.py probes
+BASELINES: tuple[str, ...] = get_args(Baseline)
+
+
 class EvalConfig(Strict):
     probe: bool = True
     knn: bool = True
     every_k_checkpoints: int = Field(0, ge=0, description="also probe every k-th checkpoint (0: only the final one)")
-    baselines: list[Literal["pixels", "pca", "ppca", "random-init"]] = Field(default_factory=list)
+    baselines: list[Baseline] = Field(default_factory=list)
     num_cpus: float = Field(1.0, ge=0, description="CPUs of the Ray task that runs each probe")
     num_gpus: float | None = Field(None, ge=0, description="GPUs of the probe's Ray task; None: 1 when the "
                                    "workers use GPUs (cluster.gpus_per_worker > 0), else 0")

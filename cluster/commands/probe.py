@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run directory, checkpoint dir, state.pt, or a directory written by `bigbatch export`; local or a URL")
     p.add_argument("--train", required=True, help="labelled training shards ('digits' for the built-in split)")
     p.add_argument("--test", required=True, help="held-out shards ('digits-holdout' for the built-in split)")
-    p.add_argument("--baseline", action="append", default=[], choices=["pixels", "pca", "ppca", "random-init"])
+    p.add_argument("--baseline", action="append", default=[], metavar="NAME",
+                   help="also probe a classical baseline, repeatable (the names of the config's eval.baselines)")
     p.add_argument("--encoder", default=None, help="architecture of random-init without a checkpoint")
     p.add_argument("--image-size", type=int, default=None, help="needed without a checkpoint")
     p.add_argument("--no-knn", action="store_true")
