@@ -10,7 +10,6 @@ import argparse
 import json
 
 
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("shards", help="write, inspect and plan WebDataset shards")
     sub = parser.add_subparsers(dest="shards", metavar="ACTION")
