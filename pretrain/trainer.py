@@ -110,7 +110,7 @@ class Trainer:
         # NHWC: 4-d weights only, before the DDP wrap so its buckets match the gradients' layout
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.method: PretrainMethod = method.to(device, memory_format=self.memory_format)
-        self.spec = stream_spec(cfg, world_size, method.num_views, augment=getattr(method, "augment", True),
+        self.spec = stream_spec(cfg, world_size, method.num_views, augment=method.augment,
                                 pin_memory=device.type == "cuda")
         self.steps_per_epoch = len(self._loader(epoch=0, start_batch=0))
         if self.steps_per_epoch == 0:
