@@ -51,13 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback of a failed command (also: BIGBATCH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command whose module is not written yet
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     _name_leaves(parser)
     return parser
 

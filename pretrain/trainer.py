@@ -233,8 +233,8 @@ def _global_keys_hash(keys: list[str]) -> str:
 
 
 def _bad_total(stats: dict[str, Any]) -> int:
-    bad = stats.get("bad", {})
-    return int(sum(bad.values())) if isinstance(bad, dict) else int(bad or 0)
+    """Bad samples of every kind so far this epoch (``stats["bad"]``: kind → count, data_pipeline/badinput.py)."""
+    return int(sum(stats.get("bad", {}).values()))
 
 
 class LocalHooks:
