@@ -17,6 +17,7 @@ import sys
 import traceback
 
 from cluster import __version__
+from cluster.errors import user_message
 
 # Order = order in `bigbatch --help`.
 COMMAND_MODULES = (
@@ -83,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from cluster.errors import user_message
-
         message = user_message(exc)
         if message is None:
             raise  # a bug: the full traceback, exit code 1

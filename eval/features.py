@@ -9,6 +9,7 @@ import torch
 
 from data_pipeline.errors import UserInputError
 from data_pipeline.manifest import UNLABELLED
+from data_pipeline.stream import StreamSpec, make_loader
 
 
 @torch.no_grad()
@@ -17,8 +18,6 @@ def extract_features(represent: Callable[[torch.Tensor], torch.Tensor], source: 
                      num_workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(X float32 [n, D], y int64 [n]) with ``represent(uint8 images [b, 3, H, W]) -> [b, D]``; a sample without
     a label is a UserInputError naming ``source``."""
-    from data_pipeline.stream import StreamSpec, make_loader
-
     spec = StreamSpec(source=source, batch_size=batch_size, num_views=1, augment=False, shuffle=False,
                       equalize=False, image_size=image_size, num_workers=num_workers,
                       pin_memory=torch.device(device).type == "cuda")

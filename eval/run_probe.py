@@ -20,7 +20,10 @@ from eval.baselines import PCA, PPCA, pixels, random_encoder
 from eval.features import extract_features
 from eval.knn import knn_top1
 from eval.probe import linear_probe
+from pretrain.checkpoint import load_method
 from pretrain.config import BASELINES
+from pretrain.export import is_export, load_encoder
+from pretrain.run_store import checkpoint_location, local_checkpoint, write_text_atomic
 
 
 def evaluate_features(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, *, knn: bool,
@@ -69,15 +72,11 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
     results: dict = {"train": str(train_source), "test": str(test_source), "seed": seed, "baselines": {}}
     small_stem, norm = True, "batch"
     if checkpoint is not None:
-        from pretrain.export import is_export, load_encoder
         if is_export(checkpoint):
             represent = load_encoder(checkpoint, device=device)
             model = represent.config["bigbatch"]["encoder"]
             size, results["checkpoint"] = represent.image_size, str(checkpoint)
         else:
-            from pretrain.checkpoint import load_method
-            from pretrain.run_store import checkpoint_location, local_checkpoint
-
             location = checkpoint_location(checkpoint)
             with local_checkpoint(location) as local:
                 method, cfg = load_method(local, device=device)
@@ -102,8 +101,6 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
 
 def write_probe(run_dir: str | Path, results: dict) -> None:
     """``probe.json`` (through a temp file) and the ``{"event": "probe", …}`` line of metrics.jsonl."""
-    from pretrain.run_store import write_text_atomic
-
     run_dir = Path(run_dir)
     write_text_atomic(run_dir / "probe.json", json.dumps(results, indent=2))
     with open(run_dir / "metrics.jsonl", "a") as f:

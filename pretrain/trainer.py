@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from data_pipeline.builtin import resolve_builtin
-from data_pipeline.stream import VIEW_KEYS
+from data_pipeline.stream import VIEW_KEYS, StreamSpec, make_loader
 from pretrain.checkpoint import load_checkpoint, save_checkpoint, seed_rank_rng, set_rng_state
 from pretrain.config import RunConfig
 from pretrain.methods import build_method
@@ -43,7 +43,6 @@ class TrainerHooks(Protocol):
 def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool = True, pin_memory: bool = False):
     """The training stream of one rank: its share of the global batch; augmented views unless the method
     (VAE, GAN) models the images themselves; page-locked batches when they go to a CUDA device."""
-    from data_pipeline.stream import StreamSpec
     d = cfg.data
     return StreamSpec(source=resolve_builtin(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
                       augment=augment, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
@@ -122,7 +121,6 @@ class Trainer:
         self._fit_t0 = time.perf_counter()
 
     def _loader(self, epoch: int, start_batch: int):
-        from data_pipeline.stream import make_loader
         return make_loader(self.spec, rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
 
     def restore(self, checkpoint_dir: Path) -> None:
