@@ -101,7 +101,7 @@ class Trainer:
         torch.set_num_threads(threads)
         if device.type == "cpu":
             # Saturated sigmoids/softmaxes send denormal gradients through backward, which x86 cores process far
-            # more slowly: a CIFAR binary-NCE window took 45 s for 5 steps, 13 s with flushing. Flush them to zero.
+            # more slowly (docs/results.md): flush them to zero.
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.seed * 1000 + rank)
         configure_backends(device, precision=cfg.precision, tf32=cfg.tf32, deterministic=cfg.deterministic)
