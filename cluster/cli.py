@@ -17,6 +17,7 @@ import sys
 import traceback
 
 from cluster import __version__
+from cluster.errors import user_message
 
 # Order = order in `bigbatch --help`.
 COMMAND_MODULES = (
@@ -51,13 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback of a failed command (also: BIGBATCH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command whose module is not written yet
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     _name_leaves(parser)
     return parser
 
@@ -89,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        from cluster.errors import user_message
-
         message = user_message(exc)
         if message is None:
             raise  # a bug: the full traceback, exit code 1

@@ -190,10 +190,9 @@ def check_checkpoint(device: torch.device) -> Check:
 
 def stream_pairs_per_core(seconds: float = 2.0, image_size: int = 32) -> float:
     """Positive pairs per CPU-second of one thread of the training stream (the built-in digits at ``image_size``)."""
-    from data_pipeline.builtin import ensure_digits
     from data_pipeline.stream import StreamSpec, make_loader
 
-    spec = StreamSpec(source=str(ensure_digits()[0]), batch_size=256, image_size=image_size, num_workers=0,
+    spec = StreamSpec(source="digits", batch_size=256, image_size=image_size, num_workers=0,
                       shuffle_buffer=1000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -14,16 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.builtin import resolve_builtin
 from pretrain.config import RunConfig
+from pretrain.run_store import STATE_FILE
 
 
 def probe_sources(cfg: RunConfig) -> tuple[str, str] | None:
     """(train, test) shards of the probe; None when the config names no held-out data."""
     d = cfg.data
     if d.train == "digits":
-        from data_pipeline.builtin import ensure_digits
-        train, holdout = ensure_digits()
-        return d.probe_train or str(train), d.probe_test or str(holdout)
+        return resolve_builtin(d.probe_train or "digits"), resolve_builtin(d.probe_test or "digits-holdout")
     if d.probe_test:
         return d.probe_train or d.train, d.probe_test
     return None
@@ -38,7 +38,7 @@ def probe_gpus(cfg: RunConfig) -> float:
 
 def checkpoint_step(directory: Path) -> int:
     import torch
-    return int(torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=True, mmap=True)["step"])
+    return int(torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)["step"])
 
 
 def probe_checkpoint(run: dict[str, Any], checkpoint: str, periodic: bool) -> dict[str, Any]:

@@ -77,7 +77,6 @@ class MetricsSink:
         self.jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
         self.trackers = trackers
         self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=not show)
-        self.attempt = 0
         self.starts = 0
         self.resumed_at: list[int] = []
         self.groups: list[dict[str, int]] = []

@@ -15,7 +15,13 @@ from typing import Any
 
 from data_pipeline.badinput import KINDS
 from data_pipeline.decode import UndecodableImage, decode, image_member
-from data_pipeline.manifest import ManifestMismatch, cls_label, mismatch_message, resolve_shards, sha256_file
+from data_pipeline.manifest import (
+    ManifestMismatch,
+    mismatch_message,
+    resolve_shards,
+    sample_label,
+    sha256_file,
+)
 from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
 
 
@@ -65,7 +71,7 @@ def inspect_shards(source: Any, decode_images: bool = True) -> dict[str, Any]:
                         notes.append(("undecodable_image", f"{info.name}/{key} ({exc})"))
                         continue
                     sizes[f"{img.shape[1]}x{img.shape[2]}"] += 1
-                label = cls_label(files, info.labels[pos] if pos < len(info.labels) else -1)
+                label = sample_label(files, info, pos)
                 name = manifest.classes[label] if 0 <= label < len(manifest.classes) else str(label)
                 classes[name] += 1
                 good += 1

@@ -1,7 +1,8 @@
 """The built-in default data: scikit-learn's digits as shards in the cache, written once.
 
 ``ensure_digits()`` → ``(train_dir, holdout_dir)`` under ``$BIGBATCH_CACHE`` (default ``~/.cache/bigbatch``):
-an 80/20 class-stratified split. Writing goes to a private temp directory renamed into place, so two
+an 80/20 class-stratified split. ``resolve_builtin(source)``: the one place the names ``digits`` and
+``digits-holdout`` become those directories. Writing goes to a private temp directory renamed into place, so two
 processes racing on first use both end with the same complete shards.
 """
 
@@ -11,10 +12,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 DIGITS_VERSION = "digits-v1"
 DIGITS_SHARD_SIZE = 256
 DIGITS_HOLDOUT = 0.2
+BUILTIN_SOURCES = ("digits", "digits-holdout")  # (train, holdout) of the built-in split
 
 
 def cache_root(cache: str | Path | None = None) -> Path:
@@ -26,7 +29,9 @@ def cache_root(cache: str | Path | None = None) -> Path:
 
 def ensure_digits(cache_dir: str | Path | None = None) -> tuple[Path, Path]:
     """The digits shards (train, holdout), written on first use."""
-    from data_pipeline.writer import write_shards
+    from data_pipeline.writer import (
+        write_shards,  # numpy and PIL: not at the CLI's start-up (commands import this)
+    )
 
     root = cache_root(cache_dir)
     final = root / DIGITS_VERSION
@@ -47,3 +52,10 @@ def ensure_digits(cache_dir: str | Path | None = None) -> tuple[Path, Path]:
         shutil.rmtree(tmp, ignore_errors=True)
     return train, holdout
 
+
+def resolve_builtin(source: Any) -> Any:
+    """``'digits'`` → the built-in training shards, ``'digits-holdout'`` → its holdout (as ``str`` paths, written on
+    first use); any other source unchanged."""
+    if isinstance(source, str) and source in BUILTIN_SOURCES:
+        return str(ensure_digits()[BUILTIN_SOURCES.index(source)])
+    return source

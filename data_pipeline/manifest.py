@@ -163,13 +163,19 @@ def expand_urls(source: str | list[str]) -> list[str]:
     return urls
 
 
-def cls_label(files: dict[str, bytes | None], default: int = -1) -> int:
-    """A sample's label from its ``.cls`` member (decimal text), else ``default``."""
+UNLABELLED = -1  # neither a .cls member nor a manifest label: pretraining ignores it; the probe refuses it
+
+
+def sample_label(files: dict[str, bytes | None], info: ShardInfo, pos: int) -> int:
+    """The label of sample ``pos`` of shard ``info``: its ``.cls`` member (decimal text), else the manifest's
+    ``info.labels[pos]``, else ``UNLABELLED`` (never a class)."""
     raw = files.get("cls")
     try:
-        return int(raw) if raw else default
+        if raw:
+            return int(raw)
     except ValueError:
-        return default
+        pass
+    return info.labels[pos] if 0 <= pos < len(info.labels) else UNLABELLED
 
 
 def resolve_shards(source: str | Path | list[str] | Manifest) -> Manifest:
@@ -213,9 +219,9 @@ def _counted(urls: list[str], name: str, source: str) -> Manifest:
     for url in urls:
         info = ShardInfo(name=url, samples=0)
         try:
-            for _, key, files in iter_grouped(url, read=lambda ext: ext == "cls"):
+            for pos, key, files in iter_grouped(url, read=lambda ext: ext == "cls"):
                 info.keys.append(key)
-                info.labels.append(cls_label(files))
+                info.labels.append(sample_label(files, info, pos))
         except UnreadableShard as exc:
             info.failure = f"unreadable_shard: {exc}"
         except TruncatedShard as exc:

@@ -33,15 +33,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipeline.badinput import BadInputCounter, BadInputError, empty_stats, merge_stats
+from data_pipeline.builtin import resolve_builtin
 from data_pipeline.decode import UndecodableImage, decode, decode_reduced, image_member, image_size
 from data_pipeline.errors import UserInputError
 from data_pipeline.manifest import (
+    UNLABELLED,
     Manifest,
     ManifestMismatch,
     check_sizes,
-    cls_label,
     mismatch_message,
     resolve_shards,
+    sample_label,
 )
 from data_pipeline.plan import DEFAULT_LANES, EpochPlan, Lane, Segment, WorkerPlan, lane_order, make_plan
 from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
@@ -98,10 +100,7 @@ def load_source(source: Any) -> Manifest:
     """Resolve (and cache per process) the manifest of a stream source."""
     if isinstance(source, Manifest):
         return source
-    if source in ("digits", "digits-holdout"):  # the built-in default (written to the cache on first use)
-        from data_pipeline.builtin import ensure_digits
-
-        source = str(ensure_digits()[source == "digits-holdout"])
+    source = resolve_builtin(source)
     key = repr(source)
     local = Path(str(source)) / "manifest.json" if isinstance(source, str | Path) else None
     if local is not None and local.exists():
@@ -173,7 +172,7 @@ class WorkerStream:
                                 url, f"more samples than the {info.samples} manifest.json lists"))
                         break
                     got = pos + 1
-                    label = cls_label(files, info.labels[pos] if pos < len(info.labels) else -1)
+                    label = sample_label(files, info, pos)
                     raw = _Raw(info.name, key, label, seg.lap)
                     if want[pos - seg.start]:
                         member = image_member(files)
@@ -196,7 +195,7 @@ class WorkerStream:
                 failure, detail = info.failure_kind, info.failure.split(": ", 1)[-1]
             for pos in range(got, seg.stop):
                 key = info.keys[pos] if pos < len(info.keys) else f"#{pos}"
-                yield base + pos - seg.start, _Raw(info.name, key, -1, seg.lap, bad=failure, detail=detail)
+                yield base + pos - seg.start, _Raw(info.name, key, UNLABELLED, seg.lap, bad=failure, detail=detail)
 
     def _lane_outputs(self, lane: Lane) -> Iterator[_Raw]:
         """The lane's raw samples in its shuffle order, from its first output of ``start_batch`` on; the skipped
@@ -306,7 +305,7 @@ class WorkerStream:
             self._pool = []
             for i, info in enumerate(self.manifest.shards):
                 try:
-                    for _, key, files in iter_grouped(self.manifest.url(i)):
+                    for pos, key, files in iter_grouped(self.manifest.url(i)):
                         member = image_member(files)
                         if member is None:
                             continue
@@ -314,7 +313,7 @@ class WorkerStream:
                             img = decode(member[1])
                         except UndecodableImage:
                             continue
-                        label = cls_label(files)
+                        label = sample_label(files, info, pos)
                         self._pool.append((_Raw(info.name, key, label, 0, member[0], member[1]), img,
                                            (img.shape[1], img.shape[2])))
                         if len(self._pool) >= want:

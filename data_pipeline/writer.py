@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.decode import UndecodableImage, decode, image_size
 from data_pipeline.errors import UserInputError
 from data_pipeline.manifest import MANIFEST, Manifest, ShardInfo, load_manifest, sha256_file
 from data_pipeline.sources import Source, open_source, safe_key
+from data_pipeline.split import stratified_split
 
 
 @dataclass
@@ -42,21 +44,6 @@ class WriteResult:
     holdout_dir: Path | None = None
     bad: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-
-
-def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, holdout): per class, ``round(fraction × n_class)`` seeded picks go to the holdout."""
-    if not 0.0 <= fraction < 1.0:
-        raise UserInputError(f"holdout {fraction}: not in [0, 1)")
-    rng = np.random.default_rng([seed, 7919])
-    labels_arr = np.asarray(labels)
-    hold: list[int] = []
-    for c in np.unique(labels_arr):
-        idx = np.flatnonzero(labels_arr == c)
-        k = int(round(fraction * len(idx)))
-        hold.extend(rng.permutation(idx)[:k].tolist())
-    hold_set = set(hold)
-    return [i for i in range(len(labels)) if i not in hold_set], sorted(hold)
 
 
 def unique_keys(names: list[str]) -> list[str]:
@@ -76,12 +63,10 @@ def unique_keys(names: list[str]) -> list[str]:
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
-    from PIL import Image
-
+    """(H, W) from the header, None when there is none (checked before writing; only a size found is recorded)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.height, im.width
-    except Exception:  # noqa: BLE001 — checked before writing; a size is only recorded when there is one
+        return image_size(data)
+    except UndecodableImage:
         return None
 
 
@@ -100,8 +85,6 @@ def check_image(src: Source, i: int, verify: bool = False) -> str:
         if not data:
             return "empty file (0 bytes)"
         if verify:
-            from data_pipeline.decode import UndecodableImage, decode
-
             try:
                 decode(data)
             except UndecodableImage as exc:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from data_pipeline.pixels import to_unit_range
+from pretrain.encoders import create_encoder
+from pretrain.preprocess import Normalize
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
@@ -64,8 +66,5 @@ class PPCA:
 
 def random_encoder(name: str, small_stem: bool = True, norm: str = "batch", seed: int = 0) -> torch.nn.Module:
     """A randomly initialised encoder of the given architecture (seeded), in eval mode, fed like trained ones."""
-    from pretrain.encoders import create_encoder
-    from pretrain.preprocess import Normalize
-
     torch.manual_seed(seed)
     return torch.nn.Sequential(Normalize(), create_encoder(name, small_stem=small_stem, norm=norm)).eval()

@@ -3,7 +3,7 @@
     min_W,b  (1/n) Σ_i CE(W x_i + b, y_i) + λ ‖W‖²
 Full-batch L-BFGS (strong Wolfe line search) in float32 on CPU or GPU, trained to convergence from zero — a
 convex problem with a unique optimum, so the result is deterministic. λ is chosen on a class-stratified
-validation split of the training features from a log-spaced grid, then the probe is refit on all of them.
+validation split of the training features (data_pipeline/split.py) from a log-spaced grid, then the probe is refit on all of them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from data_pipeline.split import stratified_split
 
 DEFAULT_GRID = tuple(float(x) for x in np.logspace(-5, -1, 5))
 
@@ -38,19 +40,6 @@ def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     std = train.std(0)
     std[std < 1e-8] = 1.0
     return [(a - mean) / std for a in (train, *others)]
-
-
-def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, validation indices): ``fraction`` of every class to validation, seeded."""
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        val.extend(idx[: max(1, int(round(len(idx) * fraction)))] if len(idx) > 1 else [])
-    val = np.sort(np.array(val, dtype=np.int64))
-    train = np.setdiff1d(np.arange(len(y)), val)
-    return train, val
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, device: str = "cpu",

@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipeline.errors import UserInputError
 from eval.baselines import PCA, PPCA, pixels, random_encoder
 from eval.features import extract_features
 from eval.knn import knn_top1
 from eval.probe import linear_probe
-
-BASELINES = ("pixels", "pca", "ppca", "random-init")
+from pretrain.checkpoint import load_method
+from pretrain.config import BASELINES
+from pretrain.export import is_export, load_encoder
+from pretrain.run_store import checkpoint_location, local_checkpoint, write_text_atomic
 
 
 def evaluate_features(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, *, knn: bool,
@@ -33,16 +36,20 @@ def evaluate_features(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np
     return out
 
 
+def check_baselines(names: Sequence[str]) -> None:
+    """A name that is not one of ``BASELINES`` is a UserInputError naming it."""
+    for name in names:
+        if name not in BASELINES:
+            raise UserInputError(f"baseline {name!r}: not one of {', '.join(BASELINES)}")
+
+
 def baseline_features(name: str, train: str, test: str, image_size: int, *, encoder: str = "bb_convnet_small",
                       small_stem: bool = True, norm: str = "batch", components: int = 100, seed: int = 0,
                       device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    check_baselines([name])
+    rep: Callable[[torch.Tensor], torch.Tensor] = pixels
     if name == "random-init":
-        net = random_encoder(encoder, small_stem, norm, seed).to(device)
-        rep: Callable[[torch.Tensor], torch.Tensor] = net
-    elif name in ("pixels", "pca", "ppca"):
-        rep = pixels
-    else:
-        raise ValueError(f"unknown baseline {name!r} (choose from {', '.join(BASELINES)})")
+        rep = random_encoder(encoder, small_stem, norm, seed).to(device)
     xtr, ytr = extract_features(rep, train, image_size, device=device)
     xte, yte = extract_features(rep, test, image_size, device=device)
     if name in ("pca", "ppca"):
@@ -61,18 +68,15 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
               image_size: int | None = None, encoder: str | None = None) -> dict:
     """Probe a checkpoint (run dir, checkpoint dir, state.pt or an exported encoder's directory, local or at a URL;
     None: baselines only) and the named baselines."""
+    check_baselines(baselines)
     results: dict = {"train": str(train_source), "test": str(test_source), "seed": seed, "baselines": {}}
     small_stem, norm = True, "batch"
     if checkpoint is not None:
-        from pretrain.export import is_export, load_encoder
         if is_export(checkpoint):
             represent = load_encoder(checkpoint, device=device)
             model = represent.config["bigbatch"]["encoder"]
             size, results["checkpoint"] = represent.image_size, str(checkpoint)
         else:
-            from pretrain.checkpoint import load_method
-            from pretrain.run_store import checkpoint_location, local_checkpoint
-
             location = checkpoint_location(checkpoint)
             with local_checkpoint(location) as local:
                 method, cfg = load_method(local, device=device)
@@ -97,8 +101,6 @@ def probe_run(checkpoint: str | Path | None, train_source: str, test_source: str
 
 def write_probe(run_dir: str | Path, results: dict) -> None:
     """``probe.json`` (through a temp file) and the ``{"event": "probe", …}`` line of metrics.jsonl."""
-    from pretrain.run_store import write_text_atomic
-
     run_dir = Path(run_dir)
     write_text_atomic(run_dir / "probe.json", json.dumps(results, indent=2))
     with open(run_dir / "metrics.jsonl", "a") as f:

@@ -22,8 +22,9 @@ import torch
 
 from data_pipeline.errors import UserInputError
 from pretrain.config import from_stored
+from pretrain.methods import build_method
+from pretrain.run_store import STATE_FILE
 
-STATE_FILE = "state.pt"
 FORMAT_VERSION = 1
 
 
@@ -179,8 +180,6 @@ def find_latest_checkpoint(path: Path) -> Path:
 
 def load_method(path: str | Path, device: str | torch.device = "cpu"):
     """(method in eval mode, RunConfig) from a run dir, checkpoint dir or state.pt — for the probe and export."""
-    from pretrain.methods import build_method
-
     _, state = latest_checkpoint(Path(path))
     cfg = from_stored(state["config"])
     method = build_method(cfg)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from data_pipeline.plan import supported_world_sizes
+from data_pipeline.plan import DEFAULT_LANES, supported_world_sizes
 
 
 class Strict(BaseModel):
@@ -35,7 +35,7 @@ class DataConfig(Strict):
     mode: Literal["exact", "resampled"] = "exact"
     shuffle_buffer: int = Field(2000, ge=0)
     loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per training worker")
-    lanes: int = Field(16, ge=1, description="reading lanes that fix every global batch whatever the world size: "
+    lanes: int = Field(DEFAULT_LANES, ge=1, description="reading lanes that fix every global batch whatever the world size: "
                        "each world size the run may have must divide them (lanes=12 or 6 for cluster.workers=[1, 3])")
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
 
@@ -177,11 +177,15 @@ class ClusterConfig(Strict):
         return v
 
 
+Baseline = Literal["pixels", "pca", "ppca", "random-init"]  # the classical representations eval/run_probe.py probes
+BASELINES: tuple[str, ...] = get_args(Baseline)
+
+
 class EvalConfig(Strict):
     probe: bool = True
     knn: bool = True
     every_k_checkpoints: int = Field(0, ge=0, description="also probe every k-th checkpoint (0: only the final one)")
-    baselines: list[Literal["pixels", "pca", "ppca", "random-init"]] = Field(default_factory=list)
+    baselines: list[Baseline] = Field(default_factory=list)
     num_cpus: float = Field(1.0, ge=0, description="CPUs of the Ray task that runs each probe")
     num_gpus: float | None = Field(None, ge=0, description="GPUs of the probe's Ray task; None: 1 when the "
                                    "workers use GPUs (cluster.gpus_per_worker > 0), else 0")

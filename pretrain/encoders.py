@@ -97,15 +97,14 @@ def bb_convnet_small(pretrained: bool = False, **kwargs: object) -> ConvNet:
 
 @register_model
 def bb_convnet_medium(pretrained: bool = False, **kwargs: object) -> ConvNet:
-    """~1.1 M parameters: widths 64-128-256; 256-d features (≈ 90 pairs/s at 32 px on 2 cores, vs ≈ 280 for small)."""
+    """~1.1 M parameters: widths 64-128-256; 256-d features."""
     return _convnet("bb_convnet_medium", pretrained, widths=(64, 128, 256), **kwargs)
 
 
 @register_model
 def bb_convnet_deep(pretrained: bool = False, **kwargs: object) -> ConvNet:
-    """~1.2 M parameters: four stages 32-64-128-256 (32 → 4 px), 256-d features. The extra stage runs at 4×4,
-    so a training step runs at ≈ 0.78× small's images/s (0.66× end to end under Ray) for 4× the parameters; medium's
-    wider early stages run at ≈ 0.28× (bf16 + NHWC, one core, batch 256)."""
+    """~1.2 M parameters: four stages 32-64-128-256 (32 → 4 px), 256-d features; the extra stage runs at 4×4 px, so
+    it adds parameters at little compute (measured: docs/results.md)."""
     return _convnet("bb_convnet_deep", pretrained, widths=(32, 64, 128, 256), **kwargs)
 
 

@@ -29,8 +29,10 @@ import torch
 from torch import nn
 
 from data_pipeline.errors import UserInputError
+from pretrain.checkpoint import find_latest_checkpoint, load_method
+from pretrain.encoders import ProjectionHead, encoder_args  # (also registers bb_convnet_*, bb_timm into timm)
 from pretrain.preprocess import MEAN, STD, Normalize
-from pretrain.run_store import is_url
+from pretrain.run_store import STATE_FILE, is_url
 
 WEIGHTS, CONFIG, HEADS = "model.safetensors", "config.json", "heads.safetensors"
 FORMAT = 1
@@ -51,9 +53,9 @@ def local_copy(path: str | Path) -> Iterator[Path]:
         raise UserInputError(f"{path}: no such file or directory")
     single = fs.isfile(root)
     base = root.rsplit("/", 1)[0] if single else root
-    names = [root] if single else [f"{root}/{n}" for n in (CONFIG, WEIGHTS, HEADS, "state.pt") if fs.isfile(f"{root}/{n}")]
+    names = [root] if single else [f"{root}/{n}" for n in (CONFIG, WEIGHTS, HEADS, STATE_FILE) if fs.isfile(f"{root}/{n}")]
     if not single:
-        names += fs.glob(f"{root}/checkpoint_*/state.pt") + fs.glob(f"{root}/checkpoints/checkpoint_*/state.pt")
+        names += fs.glob(f"{root}/checkpoint_*/{STATE_FILE}") + fs.glob(f"{root}/checkpoints/checkpoint_*/{STATE_FILE}")
     with tempfile.TemporaryDirectory(prefix="bigbatch-remote-") as tmp:
         for name in names:
             dest = Path(tmp) / name[len(base) + 1:]
@@ -100,8 +102,6 @@ def export_encoder(run: str | Path, out: str | Path, *, with_projection: bool = 
         raise UserInputError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserInputError(f"--out {out}: directory is not empty (use --force to replace it)")
-    from pretrain.checkpoint import find_latest_checkpoint, load_method
-
     with local_copy(run) as local:
         try:
             ckpt = find_latest_checkpoint(local)
@@ -152,8 +152,6 @@ def _write(directory: Path, backbone: nn.Module, heads: dict[str, nn.Module], se
     from safetensors.torch import save_file
     from timm.models import save_for_hf
 
-    from pretrain.encoders import encoder_args
-
     e = section["encoder"]
     arch, args = encoder_args(e["encoder"], small_stem=e["small_stem"], norm=e["norm"])
     keep = ("architecture", "first_conv", "classifier", "fixed_input_size")  # the rest described other weights
@@ -185,8 +183,6 @@ def load_encoder(path: str | Path, *, projection: bool = False, device: str | to
     when config.json and the weights do not fit. ``path``: a local directory or any fsspec URL."""
     import timm
 
-    import pretrain.encoders  # noqa: F401  (registers bb_convnet_* and bb_timm into timm)
-
     with local_copy(path) as local:
         config = _read_config(local / CONFIG)
         section = config["bigbatch"]
@@ -204,8 +200,6 @@ def load_encoder(path: str | Path, *, projection: bool = False, device: str | to
             modules.append(nn.Linear(heads["mu"]["in_features"], heads["mu"]["out_features"]))
             _load_into(modules[-1], local / HEADS, "mu.", f"{path}/{HEADS}", f"the μ head of {CONFIG}")
         if projection:
-            from pretrain.encoders import ProjectionHead
-
             modules.append(ProjectionHead(**heads["projection"]))
             _load_into(modules[-1], local / HEADS, "projection.", f"{path}/{HEADS}", f"the projection head of {CONFIG}")
     head = nn.Sequential(*modules) if len(modules) > 1 else (modules[0] if modules else None)

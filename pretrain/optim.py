@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from timm.optim import Lars
-from timm.optim._param_groups import param_groups_weight_decay
+from timm.optim import Lars, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 

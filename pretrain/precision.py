@@ -1,5 +1,6 @@
-"""Numerics for every method: autocast per ``cfg.precision``; for fp16, one GradScaler shared by all of a step's
-optimisers (updated once per train step, as torch.amp recommends); the process-wide backend settings of a run."""
+"""Numerics for every method: autocast per ``cfg.precision`` and the process-wide backend settings of a run. (fp16
+loss scaling: one ``torch.amp.GradScaler`` per method, shared by a step's optimisers and updated once per train step,
+as torch.amp recommends — pretrain/methods/base.py.)"""
 
 from __future__ import annotations
 
@@ -43,30 +44,4 @@ def autocast_context(precision: str, device: torch.device) -> AbstractContextMan
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
-
-class LossScaler:
-    """``backward(loss)`` / ``step(opt)`` / ``update()``: plain calls, or torch.amp.GradScaler's for fp16."""
-
-    def __init__(self, precision: str, device: torch.device) -> None:
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-        else:
-            optimizer.step()
-
-    def update(self) -> None:
-        if self.scaler is not None:
-            self.scaler.update()
-
-    def state_dict(self) -> dict:
-        return self.scaler.state_dict() if self.scaler is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.scaler is not None and state:
-            self.scaler.load_state_dict(state)
 

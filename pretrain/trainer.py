@@ -21,7 +21,8 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-from data_pipeline.stream import VIEW_KEYS
+from data_pipeline.builtin import resolve_builtin
+from data_pipeline.stream import VIEW_KEYS, StreamSpec, make_loader
 from pretrain.checkpoint import load_checkpoint, save_checkpoint, seed_rank_rng, set_rng_state
 from pretrain.config import RunConfig
 from pretrain.methods import build_method
@@ -39,20 +40,11 @@ class TrainerHooks(Protocol):
         """Called on every rank at checkpoint steps; ``write(dir)`` writes this rank's part into ``dir``."""
 
 
-def resolve_source(source: str) -> str:
-    """'digits' → the built-in digits shards in the cache (written once, race-safe); anything else unchanged."""
-    if source == "digits":
-        from data_pipeline.builtin import ensure_digits
-        return str(ensure_digits()[0])
-    return source
-
-
 def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool = True, pin_memory: bool = False):
     """The training stream of one rank: its share of the global batch; augmented views unless the method
     (VAE, GAN) models the images themselves; page-locked batches when they go to a CUDA device."""
-    from data_pipeline.stream import StreamSpec
     d = cfg.data
-    return StreamSpec(source=resolve_source(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
+    return StreamSpec(source=resolve_builtin(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
                       augment=augment, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
                       shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
                       max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory, lanes=d.lanes,
@@ -109,7 +101,7 @@ class Trainer:
         torch.set_num_threads(threads)
         if device.type == "cpu":
             # Saturated sigmoids/softmaxes send denormal gradients through backward, which x86 cores process far
-            # more slowly: a CIFAR binary-NCE window took 45 s for 5 steps, 13 s with flushing. Flush them to zero.
+            # more slowly (docs/results.md): flush them to zero.
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.seed * 1000 + rank)
         configure_backends(device, precision=cfg.precision, tf32=cfg.tf32, deterministic=cfg.deterministic)
@@ -117,7 +109,7 @@ class Trainer:
         # NHWC: 4-d weights only, before the DDP wrap so its buckets match the gradients' layout
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.method: PretrainMethod = method.to(device, memory_format=self.memory_format)
-        self.spec = stream_spec(cfg, world_size, method.num_views, augment=getattr(method, "augment", True),
+        self.spec = stream_spec(cfg, world_size, method.num_views, augment=method.augment,
                                 pin_memory=device.type == "cuda")
         self.steps_per_epoch = len(self._loader(epoch=0, start_batch=0))
         if self.steps_per_epoch == 0:
@@ -129,7 +121,6 @@ class Trainer:
         self._fit_t0 = time.perf_counter()
 
     def _loader(self, epoch: int, start_batch: int):
-        from data_pipeline.stream import make_loader
         return make_loader(self.spec, rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
 
     def restore(self, checkpoint_dir: Path) -> None:
@@ -240,8 +231,8 @@ def _global_keys_hash(keys: list[str]) -> str:
 
 
 def _bad_total(stats: dict[str, Any]) -> int:
-    bad = stats.get("bad", {})
-    return int(sum(bad.values())) if isinstance(bad, dict) else int(bad or 0)
+    """Bad samples of every kind so far this epoch (``stats["bad"]``: kind → count, data_pipeline/badinput.py)."""
+    return int(sum(stats.get("bad", {}).values()))
 
 
 class LocalHooks:

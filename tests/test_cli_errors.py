@@ -83,6 +83,7 @@ CASES = [
     ("probe {pickled} --train digits --test digits-holdout", "probe", ["{pickled}/state.pt", "weights-only"]),
     ("probe --train digits --test digits-holdout", "probe", ["give a checkpoint"]),
     ("probe --baseline pixels --image-size 16 --train {missing} --test digits-holdout", "probe", ["{missing}"]),
+    ("probe --baseline pixel --image-size 8 --train digits --test digits", "probe", ["baseline 'pixel': not one"]),
     ("compare {missing}", "compare", ["{missing}: not a bigbatch run directory"]),
     ("compare {bad_cfg_run}", "compare", ["{bad_cfg_run}/config.yaml"]),
     ("bench data {missing}", "bench data", ["{missing}"]),

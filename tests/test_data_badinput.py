@@ -250,3 +250,31 @@ def test_every_shard_unreadable_names_them(tmp_path, capsys):
     assert main(["shards", "plan", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bigbatch shards plan: ") and "a.tar" in err and err.count("\n") == 1
+
+
+def test_a_sample_without_a_label_is_unlabelled_never_class_0(tmp_path, small_shards):
+    """A sample without a ``.cls`` member takes its manifest's label; with no manifest either it is UNLABELLED in
+    the stream (never class 0), and the probe refuses the shards naming them."""
+    from data_pipeline.manifest import UNLABELLED
+    from eval.features import extract_features
+
+    listed, bare = tmp_path / "listed", tmp_path / "bare"
+    shutil.copytree(small_shards, listed)
+    first = sorted(listed.glob("*.tar"))[0]
+    labels = {key: int(files["cls"]) for key, files in iter_members_grouped(str(first))}
+    rewrite(first, lambda i, key, files: {k: v for k, v in files.items() if k != "cls"} if i == 3 else files)
+    relist(listed, 0)
+    bare.mkdir()
+    shutil.copy(first, bare / first.name)
+    unlabelled = list(labels)[3]
+
+    def stream_labels(source: Path) -> dict[str, int]:
+        spec = StreamSpec(source=str(source), batch_size=64, num_workers=0, augment=False, shuffle=False,
+                          equalize=False)
+        return {k: int(y) for b in make_loader(spec) for k, y in zip(b["key"], b["label"], strict=True)}
+
+    assert {k: v for k, v in stream_labels(listed).items() if k in labels} == labels  # the manifest's label
+    assert stream_labels(bare) == {**labels, unlabelled: UNLABELLED}
+    assert resolve_shards(str(bare)).shards[0].labels[3] == UNLABELLED
+    with pytest.raises(UserInputError, match=f"{bare}: 1 of 64 samples have no label"):
+        extract_features(lambda x: x.float().flatten(1), str(bare), image_size=8, num_workers=0)

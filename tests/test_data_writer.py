@@ -67,34 +67,31 @@ def test_digits_round_trip_and_stratified_holdout(digits_shards):
     assert all(s.samples <= 256 for s in m.shards)
 
 
-def test_folder_round_trip_bytes_as_stored(digits_folder, small_shards):
-    samples, labels = read_split(small_shards)
-    m = load_manifest(small_shards)
-    files = sorted(Path(digits_folder).rglob("*.png"))
+def assert_stored_as_is(shards: Path, folder: Path, ext: str):
+    """Every image of ``folder`` is one sample of ``shards``: its bytes as stored (no re-encoding), its label its
+    class folder's, a safe key. Returns the manifest."""
+    samples, labels = read_split(shards)
+    m = load_manifest(shards)
+    files = sorted(Path(folder).rglob(f"*.{ext}"))
     assert len(files) == len(samples) == 300
     by_key = {f"{p.parent.name}_{p.stem}": p for p in files}
     assert set(by_key) == set(samples)
     for key, path in by_key.items():
-        assert samples[key]["png"] == path.read_bytes()   # stored as is, no re-encoding
+        assert samples[key][ext] == path.read_bytes()   # stored as is, no re-encoding
         assert m.classes[labels[key]] == path.parent.name
         assert int(samples[key]["cls"]) == labels[key]
     assert all(KEY_RE.match(k) for k in samples)
+    return m
+
+
+def test_folder_round_trip_bytes_as_stored(digits_folder, small_shards):
+    m = assert_stored_as_is(small_shards, digits_folder, "png")
     assert m.image_size == [8, 8] and [s.samples for s in m.shards] == [64, 64, 64, 64, 44]
 
 
 def test_cifar_round_trip_bytes_as_stored(cifar_dir, cifar_shards):
     """The same on real JPEGs (an extra: skips where the CIFAR-10 archive is not beside the repository)."""
-    samples, labels = read_split(cifar_shards)
-    m = load_manifest(cifar_shards)
-    files = sorted(p for p in Path(cifar_dir).rglob("*.jpg"))
-    assert len(files) == len(samples) == 300
-    by_key = {f"{p.parent.name}_{p.stem}": p for p in files}
-    assert set(by_key) == set(samples)
-    for key, path in by_key.items():
-        assert samples[key]["jpg"] == path.read_bytes()   # stored as is, no re-encoding
-        assert m.classes[labels[key]] == path.parent.name
-        assert int(samples[key]["cls"]) == labels[key]
-    assert all(KEY_RE.match(k) for k in samples)
+    m = assert_stored_as_is(cifar_shards, cifar_dir, "jpg")
     assert m.image_size == [32, 32]
 
 
@@ -133,6 +130,15 @@ def test_ensure_digits_written_once_when_two_processes_race(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["digits-v1"]          # no temp dir left behind
     train, hold = map(Path, outs[0])
     assert load_manifest(train).num_samples + load_manifest(hold).num_samples == 1797
+
+
+def test_builtin_names_resolve_to_the_cached_split(tmp_path, monkeypatch):
+    from data_pipeline.builtin import ensure_digits, resolve_builtin
+
+    monkeypatch.setenv("BIGBATCH_CACHE", str(tmp_path))
+    train, hold = ensure_digits()
+    assert (resolve_builtin("digits"), resolve_builtin("digits-holdout")) == (str(train), str(hold))
+    assert resolve_builtin("shards/{0..3}.tar") == "shards/{0..3}.tar" and resolve_builtin(["digits"]) == ["digits"]
 
 
 def test_tar_reader_reads_what_tarfile_reads(tmp_path, small_shards):

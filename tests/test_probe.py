@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from data_pipeline.split import stratified_split
 from eval.baselines import PCA, PPCA
 from eval.knn import knn_top1
-from eval.probe import linear_probe, stratified_split
+from eval.probe import linear_probe
 
 
 def _blobs(n=300, d=20, classes=5, sep=4.0, seed=0):

@@ -18,11 +18,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks: data, losses, train, layout, step")
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     for name in BENCH_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])

@@ -8,6 +8,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from data_pipeline.builtin import resolve_builtin
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="data stream throughput vs torchvision ImageFolder+PIL vs decode alone",
@@ -44,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
             write_shards(str(folder), source, shard_size=100)
             size = size or 224
         if source is None:
-            from data_pipeline.builtin import ensure_digits
-
-            source = str(ensure_digits()[0])
+            source = resolve_builtin("digits")
         size = size or 32
         batch = args.batch_size or (256 if size <= 64 else 64)
         r = run_bench(source, image_size=size, batch_size=batch, seconds=args.seconds, blur=blur,

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -57,7 +57,6 @@ class Result:
     bytes_sent: int = 0                  # per worker per step, loss collectives only
     skipped: str | None = None           # not run, and why (too large for the memory here, beyond the O(B²) cap)
     error: str | None = None             # ran and failed (or timed out): the reason
-    extra: dict = field(default_factory=dict)
 
 
 def build(cfg: Config) -> torch.nn.Module:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from data_pipeline.builtin import resolve_builtin
 from data_pipeline.errors import UserInputError
 
 
@@ -15,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run directory, checkpoint dir, state.pt, or a directory written by `bigbatch export`; local or a URL")
     p.add_argument("--train", required=True, help="labelled training shards ('digits' for the built-in split)")
     p.add_argument("--test", required=True, help="held-out shards ('digits-holdout' for the built-in split)")
-    p.add_argument("--baseline", action="append", default=[], choices=["pixels", "pca", "ppca", "random-init"])
+    p.add_argument("--baseline", action="append", default=[], metavar="NAME",
+                   help="also probe a classical baseline, repeatable (the names of the config's eval.baselines)")
     p.add_argument("--encoder", default=None, help="architecture of random-init without a checkpoint")
     p.add_argument("--image-size", type=int, default=None, help="needed without a checkpoint")
     p.add_argument("--no-knn", action="store_true")
@@ -23,14 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
-
-
-def _source(name: str) -> str:
-    if name in ("digits", "digits-holdout"):
-        from data_pipeline.builtin import ensure_digits
-        train, holdout = ensure_digits()
-        return str(train if name == "digits" else holdout)
-    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from eval.run_probe import probe_run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    res = probe_run(args.checkpoint, _source(args.train), _source(args.test), baselines=args.baseline,
+    res = probe_run(args.checkpoint, resolve_builtin(args.train), resolve_builtin(args.test), baselines=args.baseline,
                     knn=not args.no_knn, seed=args.seed, device=device, image_size=args.image_size,
                     encoder=args.encoder)
     if not args.json:

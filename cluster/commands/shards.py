@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from data_pipeline.plan import DEFAULT_LANES
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("shards", help="write, inspect and plan WebDataset shards")
@@ -44,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--world-size", type=int, default=1, help="ranks (must divide --lanes and --batch-size)")
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers per rank")
     p.add_argument("--batch-size", type=int, default=256, help="global batch size (all ranks together)")
-    p.add_argument("--lanes", type=int, default=DEFAULT_LANES, help=f"reading lanes (default {DEFAULT_LANES})")
+    p.add_argument("--lanes", type=int, default=None, help="reading lanes (default: training's, data.lanes)")
     p.add_argument("--shuffle-buffer", type=int, default=2000, help="per-lane shuffle buffer (default 2000)")
     p.add_argument("--epoch", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
@@ -110,9 +108,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     from data_pipeline.errors import UserInputError
     from data_pipeline.manifest import check_sizes
-    from data_pipeline.plan import check_world_size, global_batches
+    from data_pipeline.plan import DEFAULT_LANES, check_world_size, global_batches
     from data_pipeline.stream import StreamSpec, load_source, plan_for
 
+    if args.lanes is None:
+        args.lanes = DEFAULT_LANES
     for flag, value in (("--world-size", args.world_size), ("--batch-size", args.batch_size), ("--lanes", args.lanes)):
         if value < 1:
             raise UserInputError(f"{flag} {value}: must be >= 1")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +32,8 @@ from pretrain.encoders import create_encoder
 from pretrain.generative.gan_losses import clip_weights_, critic_loss, discriminator_loss, generator_loss
 from pretrain.generative.images import save_grid
 from pretrain.generative.networks import ConvDecoder
-from pretrain.methods.base import PretrainMethod, Wrap
-from pretrain.precision import LossScaler, autocast_context
+from pretrain.methods.base import PretrainMethod
+from pretrain.precision import autocast_context
 from pretrain.preprocess import Normalize
 
 
@@ -66,11 +66,11 @@ class Generator(nn.Module):
 
 class GAN(PretrainMethod):
     num_views = 1
-    augment: ClassVar[bool] = False  # model the images as they are: the stream's SimCLR views off
+    augment = False  # model the images as they are: the stream's SimCLR views off
+    wrapped = {"_d_train": "discriminator", "_g_train": "generator"}  # wrapped separately (module docstring)
 
     def __init__(self, cfg: RunConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         g, m = cfg.gan, cfg.model
         self.kind = g.loss
         self.n_critic = g.n_critic or (5 if g.loss == "wgan" else 1)
@@ -79,9 +79,6 @@ class GAN(PretrainMethod):
                           "Lipschitz function of x; prefer model.norm=none or group", stacklevel=2)
         self.discriminator = Discriminator(create_encoder(m.encoder, small_stem=m.small_stem, norm=m.norm))
         self.generator = Generator(g.latent_dim, cfg.data.image_size, g.gen_width, g.gen_norm)
-        object.__setattr__(self, "_d_train", self.discriminator)  # the (DDP-)wrapped views, set in configure;
-        object.__setattr__(self, "_g_train", self.generator)      # unregistered, so state_dict has each net once
-        self._scaler = LossScaler("fp32", torch.device("cpu"))
         if self.kind == "wgan":
             clip_weights_(self.discriminator, g.clip)
 
@@ -93,16 +90,13 @@ class GAN(PretrainMethod):
     def lr(self) -> float:
         return self.cfg.gan.lr or (5e-5 if self.kind == "wgan" else 2e-4)
 
-    def configure(self, total_steps: int, device: torch.device, wrap: Wrap) -> None:
+    def build_optimizers(self, total_steps: int) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
+        """RMSprop for WGAN, Adam(β = (0.5, 0.999)) otherwise, one each for D and G; constant lr (no schedulers)."""
         if self.kind == "wgan":
             make = lambda params: torch.optim.RMSprop(params, lr=self.lr)  # noqa: E731
         else:
             make = lambda params: torch.optim.Adam(params, lr=self.lr, betas=(0.5, 0.999))  # noqa: E731
-        self.optimizers = {"d": make(self.discriminator.parameters()), "g": make(self.generator.parameters())}
-        self.schedulers = {}
-        self._scaler = LossScaler(self.cfg.precision, device)
-        object.__setattr__(self, "_d_train", wrap(self.discriminator))  # unregistered: no "module." prefixes
-        object.__setattr__(self, "_g_train", wrap(self.generator))
+        return {"d": make(self.discriminator.parameters()), "g": make(self.generator.parameters())}, {}
 
     def sample_noise(self, n: int) -> torch.Tensor:
         """z ~ N(0, I) ``[n, latent_dim]`` on the device (tests override this to feed fixed noise)."""
@@ -123,14 +117,14 @@ class GAN(PretrainMethod):
         with amp():
             real_out, fake_out = self._d_train(real), self._d_train(fake)
         loss_d = critic_loss(real_out, fake_out) if self.kind == "wgan" else discriminator_loss(real_out, fake_out)
-        self._scaler.backward(loss_d)
-        self._scaler.step(opt_d)
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(opt_d)
         if self.kind == "wgan":
             clip_weights_(self.discriminator, self.cfg.gan.clip)
         metrics = self._d_metrics(real_out.detach(), fake_out.detach(), loss_d.detach())
         if self.is_generator_step(step):
             metrics["loss_g"] = self._generator_step(n, amp)
-        self._scaler.update()
+        self.scaler.update()
         return metrics
 
     def _generator_step(self, n: int, amp) -> torch.Tensor:
@@ -140,8 +134,8 @@ class GAN(PretrainMethod):
         try:
             with amp():
                 loss_g = generator_loss(self.discriminator(self._g_train(self.sample_noise(n))), self.kind)
-            self._scaler.backward(loss_g)
-            self._scaler.step(opt_g)
+            self.scaler.scale(loss_g).backward()
+            self.scaler.step(opt_g)
         finally:
             self.discriminator.requires_grad_(True)
         return loss_g.detach()
@@ -176,10 +170,3 @@ class GAN(PretrainMethod):
             return [save_grid(self.sample(64, seed=self.cfg.seed), Path(out_dir) / f"gan-samples-step{step:08d}.png")]
         finally:
             self.train(was_training)
-
-    def state(self) -> dict[str, Any]:
-        return {**super().state(), "scaler": self._scaler.state_dict()}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        super().load_state(state)
-        self._scaler.load_state_dict(state.get("scaler", {}))

@@ -15,10 +15,9 @@ from torch import nn
 
 from pretrain.config import RunConfig
 from pretrain.encoders import ProjectionHead, create_encoder
-from pretrain.losses import ContrastiveLoss
-from pretrain.methods.base import PretrainMethod, Wrap
-from pretrain.optim import WarmupCosine, build_optimizer
-from pretrain.precision import LossScaler, autocast_context
+from pretrain.losses import ContrastiveLoss, build_loss
+from pretrain.methods.base import PretrainMethod
+from pretrain.precision import autocast_context
 from pretrain.preprocess import Normalize
 
 
@@ -47,29 +46,16 @@ class SimCLR(PretrainMethod):
     num_views = 2
 
     def __init__(self, cfg: RunConfig) -> None:
-        super().__init__()
-        from pretrain.losses import build_loss
-
-        self.cfg = cfg
+        super().__init__(cfg)
         m = cfg.model
         encoder = create_encoder(m.encoder, small_stem=m.small_stem, norm=m.norm)
         projector = ProjectionHead(encoder.num_features, m.proj_hidden, m.proj_dim, m.proj_layers,
                                    norm="batch" if m.norm == "batch" else "group")
         self.net = SimCLRNet(encoder, projector, build_loss(cfg.loss))
-        object.__setattr__(self, "_train_net", self.net)  # not a submodule: state_dict holds `net.*` only
-        self._scaler = LossScaler("fp32", torch.device("cpu"))
 
     @property
     def encoder(self) -> nn.Module:
         return self.net.encoder
-
-    def configure(self, total_steps: int, device: torch.device, wrap: Wrap) -> None:
-        opt = build_optimizer(self.net, self.cfg.optim, self.cfg.batch_size)
-        self.optimizers = {"main": opt}
-        self.schedulers = {"main": WarmupCosine(opt, total_steps, self.cfg.optim.warmup_fraction,
-                                                self.cfg.optim.min_lr_ratio)}
-        self._scaler = LossScaler(self.cfg.precision, device)
-        object.__setattr__(self, "_train_net", wrap(self.net))  # not registered: state_dict stays unprefixed
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         views = batch["views"]
@@ -77,18 +63,11 @@ class SimCLR(PretrainMethod):
         opt.zero_grad(set_to_none=True)
         with autocast_context(self.cfg.precision, self.device):
             loss = self._train_net(views, views.shape[0] // self.num_views, batch.get("local_views"))
-        self._scaler.backward(loss)
-        self._scaler.step(opt)
-        self._scaler.update()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
         self.schedulers["main"].step()
         return {"loss": loss.detach(), "lr": opt.param_groups[0]["lr"]}
-
-    def state(self) -> dict[str, Any]:
-        return {**super().state(), "scaler": self._scaler.state_dict()}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        super().load_state(state)
-        self._scaler.load_state_dict(state.get("scaler", {}))
 
     @torch.no_grad()
     def represent(self, images: torch.Tensor) -> torch.Tensor:

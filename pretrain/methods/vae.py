@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,9 +28,8 @@ from pretrain.generative.vae_math import (
     kl_standard_normal,
     reparameterize,
 )
-from pretrain.methods.base import PretrainMethod, Wrap
-from pretrain.optim import WarmupCosine, build_optimizer
-from pretrain.precision import LossScaler, autocast_context
+from pretrain.methods.base import PretrainMethod
+from pretrain.precision import autocast_context
 from pretrain.preprocess import Normalize
 
 
@@ -73,27 +72,17 @@ class VAENet(nn.Module):
 
 class VAE(PretrainMethod):
     num_views = 1
-    augment: ClassVar[bool] = False  # model the images as they are: the stream's SimCLR views off
+    augment = False  # model the images as they are: the stream's SimCLR views off
+    optimizer_name = "vae"
 
     def __init__(self, cfg: RunConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.net = VAENet(cfg)
-        object.__setattr__(self, "_train_net", self.net)  # the (DDP-)wrapped view, set in configure; unregistered
-        self._scaler = LossScaler("fp32", torch.device("cpu"))
         self._last_images: torch.Tensor | None = None
 
     @property
     def encoder(self) -> nn.Module:
         return self.net.encoder
-
-    def configure(self, total_steps: int, device: torch.device, wrap: Wrap) -> None:
-        optim_cfg = self.cfg.optim
-        opt = build_optimizer(self.net, optim_cfg, self.cfg.batch_size)
-        self.optimizers = {"vae": opt}
-        self.schedulers = {"vae": WarmupCosine(opt, total_steps, optim_cfg.warmup_fraction, optim_cfg.min_lr_ratio)}
-        self._scaler = LossScaler(self.cfg.precision, device)
-        object.__setattr__(self, "_train_net", wrap(self.net))  # unregistered: state_dict keeps no "module." prefix
 
     def sample_noise(self, n: int, dim: int) -> torch.Tensor:
         """ε ~ N(0, I) ``[n, dim]`` on the device (tests override this to feed fixed noise)."""
@@ -109,9 +98,9 @@ class VAE(PretrainMethod):
             recon, kl = self._train_net(x01, eps)
         recon, kl = recon.mean(), kl.mean()
         loss = recon + self.cfg.vae.beta * kl
-        self._scaler.backward(loss)
-        self._scaler.step(opt)
-        self._scaler.update()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
         self.schedulers["vae"].step()
         out = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(),
                "lr": opt.param_groups[0]["lr"]}
@@ -151,10 +140,3 @@ class VAE(PretrainMethod):
         finally:
             self.train(was_training)
         return paths
-
-    def state(self) -> dict[str, Any]:
-        return {**super().state(), "scaler": self._scaler.state_dict()}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        super().load_state(state)
-        self._scaler.load_state_dict(state.get("scaler", {}))
