@@ -4,14 +4,15 @@ checkpoint, says why, and every DDP rank stops after the same step because rank 
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fixed_loader import FixedLoader
 
+from cluster.process_group import free_port
 from cluster.run_config import load_run_config
 from pretrain.checkpoint import load_checkpoint
 from pretrain.trainer import LocalHooks, Trainer, run_single_process
@@ -48,24 +49,10 @@ def test_no_budget_runs_all_steps(tmp_path, digits_shards):
 STEPS = 4
 
 
-class FixedLoader:
-    def __init__(self, rank, world):
-        self.rank, self.world = rank, world
-
-    def __len__(self):
-        return STEPS
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(0)
-        for _ in range(STEPS):
-            x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g)
-            yield {"views": torch.cat([x, x.flip(-1)]), "label": torch.zeros(8, dtype=torch.long), "key": [""] * 8}
-
-
 def _rank(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=20))
-    Trainer._loader = lambda self, epoch, start_batch: FixedLoader(self.rank, self.world_size)
+    Trainer._loader = lambda self, epoch, start_batch: FixedLoader(self.rank, self.world_size, 16, STEPS)
     cfg = load_run_config(None, [*TINY, "model.norm=group", "data.train=fixed", "batch_size=16", f"steps={STEPS}",
                                  "log_every=1", "checkpoint_every=1000", "cluster.workers=2", "budget_minutes=1"])
     hooks = LocalHooks(os.devnull)
@@ -79,17 +66,12 @@ def _rank(rank, port, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_rank0_decides_for_every_rank():
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, port, out)) for r in range(2)]
     for p in procs:
         p.start()

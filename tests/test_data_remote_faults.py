@@ -182,14 +182,20 @@ def test_server_without_range_support_is_reread_and_skipped(big_shards, local, i
     assert len(srv.gets(shard)) >= 3          # blocks, then the whole file streamed again past the bytes read
 
 
-def test_a_shard_that_stays_broken_counts_the_rest_as_truncated(big_shards, io_env):
+def _broken_shard(big_shards, index: int, fault: str):
+    """Stream the shards with shard ``index`` failing by ``fault`` on every try: (its keys read, stats, remote, tries)."""
     m = load_manifest(big_shards)
-    shard = "/" + m.shards[1].name
+    shard = "/" + m.shards[index].name
     with ShardServer(big_shards) as srv:
-        srv.faults[shard] = ["reset", 100]
+        srv.faults[shard] = [fault, 100]
         remote, stats = run(srv.url + "/")
         tries = srv.faulted
-    seen = {k for keys, _, _ in remote for k in keys} & set(m.shards[1].keys)
+    seen = {k for keys, _, _ in remote for k in keys} & set(m.shards[index].keys)
+    return seen, stats, remote, tries
+
+
+def test_a_shard_that_stays_broken_counts_the_rest_as_truncated(big_shards, io_env):
+    seen, stats, remote, tries = _broken_shard(big_shards, 1, "reset")
     assert 0 < len(seen) < 24
     assert {k: v for k, v in stats["bad"].items() if v} == {"truncated_tar": 24 - len(seen)}
     assert len(remote) == 72 // 12 and all(len(k) == 12 for k, _, _ in remote)
@@ -198,13 +204,7 @@ def test_a_shard_that_stays_broken_counts_the_rest_as_truncated(big_shards, io_e
 
 @pytest.mark.timeout(120)
 def test_a_stalled_read_times_out(big_shards, io_env):
-    m = load_manifest(big_shards)
-    shard = "/" + m.shards[2].name
-    with ShardServer(big_shards) as srv:
-        srv.faults[shard] = ["stall", 100]
-        remote, stats = run(srv.url + "/")
-        tries = srv.faulted
-    seen = {k for keys, _, _ in remote for k in keys} & set(m.shards[2].keys)
+    seen, stats, _, tries = _broken_shard(big_shards, 2, "stall")
     assert 0 < len(seen) < 24
     assert {k: v for k, v in stats["bad"].items() if v} == {"truncated_tar": 24 - len(seen)}
     assert len(tries) == 1 + 2

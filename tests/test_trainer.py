@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fixed_loader import FixedLoader
 
+from cluster.process_group import free_port
 from cluster.run_config import load_run_config
 from pretrain.trainer import LocalHooks, Trainer, run_single_process
 
@@ -129,28 +130,8 @@ def test_channels_last_changes_layout_not_numbers(tmp_path, digits_shards):
 GLOBAL, STEPS = 32, 4
 
 
-class FixedLoader:
-    """Deterministic global batches; rank r of W takes rows [r·N/W, (r+1)·N/W) of each."""
-
-    def __init__(self, rank, world):
-        self.rank, self.world = rank, world
-
-    def __len__(self):
-        return STEPS
-
-    def __iter__(self):
-        n = GLOBAL // self.world
-        for step in range(STEPS):
-            g = torch.Generator().manual_seed(step)
-            coarse = torch.rand(GLOBAL, 3, 4, 4, generator=g)  # smooth random images: distinct pooled features
-            x = (torch.nn.functional.interpolate(coarse, size=16, mode="bilinear") * 255).to(torch.uint8)
-            views = [x, x.flip(-1)]  # the positive pair: an image and its mirror
-            yield {"views": torch.cat([v[self.rank * n:(self.rank + 1) * n] for v in views]),
-                   "label": torch.zeros(n, dtype=torch.long), "key": [""] * n}
-
-
 def _fixed_loader(self, epoch, start_batch):
-    return FixedLoader(self.rank, self.world_size)
+    return FixedLoader(self.rank, self.world_size, GLOBAL, STEPS)
 
 
 def _worker_trajectory(rank, world, port, loss_name, out):
@@ -179,11 +160,6 @@ def _trajectory(rank, world, port, loss_name, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("loss_name", ["ranking", "spectral"])
 def test_two_workers_match_one(loss_name, monkeypatch):
@@ -192,7 +168,7 @@ def test_two_workers_match_one(loss_name, monkeypatch):
     monkeypatch.setattr(Trainer, "_loader", _fixed_loader)  # undone after the test: later Trainers read real data
     _trajectory(0, 1, 0, loss_name, out)
     single = out.get()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker_trajectory, args=(r, 2, port, loss_name, out)) for r in range(2)]
     for p in procs:
         p.start()
