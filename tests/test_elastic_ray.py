@@ -69,6 +69,16 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
+def _committed_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint Ray Train has registered (what a restarted group resumes from)."""
+    path = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(path.read_text()).get("latest_checkpoint_result") or {}
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return 0
+    return int(latest.get("metrics", {}).get("step", 0))
+
+
 def test_lose_a_node_continue_on_fewer_workers_same_batches_same_losses(digits_shards, tmp_path):
     t0 = time.time()
     cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -89,7 +99,7 @@ def test_lose_a_node_continue_on_fewer_workers_same_batches_same_losses(digits_s
             recs = _records(run_dir)
             groups = [r["world_size"] for r in recs if r.get("event") == "workers"]
             step = max((r["step"] for r in recs if "loss" in r), default=0)
-            if not killed and groups[-1:] == [3] and step >= EVERY + 2:
+            if not killed and groups[-1:] == [3] and step >= EVERY + 2 and _committed_step(run_dir) >= EVERY:
                 cluster.stdin.write("kill\n")
                 cluster.stdin.flush()
                 assert cluster.stdout.readline().strip() == "killed"

@@ -1,11 +1,10 @@
 """A run whose storage path is a bucket (the loopback S3 server), logged to MLflow (local file store) and W&B
 (offline): the whole run directory lands in the bucket, so after the driver's local copy is deleted
-`bigbatch compare`, `bigbatch probe` (and `bigbatch export`, where present) read the run from the bucket, and
+`bigbatch compare`, `bigbatch probe` and `bigbatch export` read the run from the bucket, and
 rerunning the name resumes from the bucket alone — continuing the same MLflow and W&B runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -80,9 +79,8 @@ def test_run_lives_in_the_bucket(s3_endpoint, digits_shards, tmp_path, monkeypat
                  "--json"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["checkpoint"] == probe["checkpoint"] and again["method"]["top1"] == probe["method"]["top1"]
-    if importlib.util.find_spec("cluster.commands.export") is not None:  # `bigbatch export` reads the bucket too
-        assert main(["export", url, "--out", str(tmp_path / "exported")]) == 0
-        assert (tmp_path / "exported" / "model.safetensors").is_file()
+    assert main(["export", url, "--out", str(tmp_path / "exported")]) == 0  # `bigbatch export` reads the bucket
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
 
     _cli(env, "pretrain", *items, "steps=6", "--no-progress")  # resume from the bucket alone
     summary = json.loads(fs.cat("team/runs/remote/train_summary.json"))
