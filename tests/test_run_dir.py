@@ -28,6 +28,7 @@ def test_first_run_writes_config_and_identical_rerun_writes_nothing(tmp_path):
     (["data.image_size=32"], ["data.image_size: 16 → 32"]),
     (["optim.lr=0.5", "optim.momentum=0.8"], ["optim.lr: None → 0.5", "optim.momentum: 0.9 → 0.8"]),
     (["model.proj_dim=16"], ["model.proj_dim: 128 → 16"]),
+    (["data.local_views=4"], ["data.local_views: 0 → 4"]),
     (["loss.name=spectral"], ["loss.name: 'ranking' → 'spectral'", "loss.mu: None → 1.0", "loss.temperature: 0.2 → None"]),
 ])
 def test_changed_keys_are_refused_by_name(tmp_path, change, keys):
