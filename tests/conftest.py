@@ -22,10 +22,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_ARCHIVE = Path(os.environ.get("BIGBATCH_CIFAR_ARCHIVE", SHARED_DATA / "cifar10-train.tar.gz"))
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-# Ray Train's controller polls its workers every 2 s and starts a preemption-watcher actor for each run; the suite's
-# many short runs spend more on those than on training. Users keep Ray's defaults.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def unpack_cifar(dest: Path, per_class: int) -> Path:
