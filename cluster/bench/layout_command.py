@@ -1,5 +1,6 @@
 """`bigbatch bench layout`: images/s of the config's real train step (method, loss, optimiser) in one process
-under fp32/bf16 × NCHW/NHWC, side by side in one run; each as a ratio to fp32 NCHW."""
+under fp32/bf16 × NCHW/NHWC (and, with ``--compile``, bf16 NHWC under ``torch.compile``), side by side in one run;
+each as a ratio to fp32 NCHW."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per setting, after 2 warm-up steps")
     p.add_argument("--batch", type=int, default=None, help="images per step (default: the config's batch_size)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true",
+                   help="also bf16 NHWC with the training networks under torch.compile (compile time excluded)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.set_defaults(func=run)
 
 
-def images_per_s(items: list[str], precision: str, channels_last: bool, batch: int | None, steps: int) -> float:
-    """Steady images/s of ``method.train_step`` on random uint8 views, laid out as the Trainer lays them out."""
+def images_per_s(items: list[str], precision: str, channels_last: bool, batch: int | None, steps: int,
+                 compiled: bool = False) -> float:
+    """Steady images/s of ``method.train_step`` on random uint8 views, laid out as the Trainer lays them out;
+    ``compiled``: each training network under ``torch.compile`` (its compilation happens in the warm-up steps)."""
     import torch
 
     from cluster.commands.pretrain import split_items
@@ -36,6 +41,9 @@ def images_per_s(items: list[str], precision: str, channels_last: bool, batch: i
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     method = build_method(cfg).to(cpu, memory_format=fmt)
+    if compiled:
+        for network in type(method).wrapped.values():
+            getattr(method, network).compile()
     method.configure(steps + 2, cpu, ddp_wrapper(cpu))
     method.train()
     g = torch.Generator().manual_seed(0)
@@ -61,13 +69,15 @@ def run(args: argparse.Namespace) -> int:
     torch.set_flush_denormal(True)  # as the Trainer does on CPU
     rows = {f"{p}_{'nhwc' if cl else 'nchw'}": images_per_s(args.items, p, cl, args.batch, args.steps)
             for p, cl in SETTINGS}
+    if args.compile:
+        rows["bf16_nhwc_compiled"] = images_per_s(args.items, "bf16", True, args.batch, args.steps, compiled=True)
     base = rows["fp32_nchw"]
     out = {"bench": "layout", "config": (args.items or ["default"])[0], "threads": args.threads,
            **{f"{k}_images_per_s": round(v, 1) for k, v in rows.items()},
            **{f"{k}_over_fp32_nchw": round(v / base, 3) for k, v in rows.items() if k != "fp32_nchw"}}
     if not args.json:
-        print(f"{'setting':<12}{'images/s':>10}{'ratio':>8}")
+        print(f"{'setting':<20}{'images/s':>10}{'ratio':>8}")
         for k, v in rows.items():
-            print(f"{k:<12}{v:>10.1f}{v / base:>8.3f}")
+            print(f"{k:<20}{v:>10.1f}{v / base:>8.3f}")
     print(json.dumps(out))
     return 0
