@@ -102,7 +102,11 @@ LOSSES: dict[str, type[Strict]] = {"ranking": RankingLoss, "ranking-blockwise": 
 class OptimConfig(Strict):
     name: Literal["lars", "adamw"] = Field("lars", description="default: lars for simclr, adamw for vae (LARS's "
                                            "trust ratio is a large-batch contrastive recipe)")
-    lr: float | None = Field(None, gt=0, description="None: lars 0.3*B/256 (SimCLR rule), adamw 1e-3*B/256")
+    lr: float | None = Field(None, gt=0, description="the lr at any batch size (wins over lr_at_256); None: "
+                             "lr_at_256 scaled to the global batch B by `scaling`")
+    lr_at_256: float | None = Field(None, gt=0, description="the lr at B = 256 when lr is None; None: lars 0.3, adamw 1e-3")
+    scaling: Literal["linear", "sqrt"] = Field("linear", description="lr_at_256 to B: linear (·B/256) or sqrt "
+                                               "(·√(B/256), SimCLR appendix B.1's rule for short training)")
     weight_decay: float | None = Field(None, ge=0, description="None: lars 1e-6, adamw 0.05; never on norms/biases")
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_fraction: float = Field(0.1, ge=0, le=1)

@@ -1,4 +1,4 @@
-"""Large-batch optimisation: LARS (timm) with the SimCLR rule lr = 0.3·B/256, or AdamW; warmup + cosine (timm).
+"""Large-batch optimisation: LARS (timm) or AdamW, lr = lr_at_256·B/256 or ·√(B/256); warmup + cosine (timm).
 
 Weight decay — and, for LARS, the trust-ratio adaptation — skip norms and biases (1-D parameters): timm's
 Lars adapts only groups with weight_decay > 0, which gives exactly SimCLR's exclusion.
@@ -17,10 +17,12 @@ from pretrain.config import OptimConfig
 
 
 def base_lr(cfg: OptimConfig, global_batch: int) -> float:
-    """The configured lr, or the batch-scaled default: LARS 0.3·B/256 (SimCLR), AdamW 1e-3·B/256."""
+    """``lr`` if given, else lr_at_256 (default LARS 0.3, AdamW 1e-3) × B/256 (linear) or × √(B/256) (sqrt)."""
     if cfg.lr is not None:
         return cfg.lr
-    return (0.3 if cfg.name == "lars" else 1e-3) * global_batch / 256
+    at_256 = cfg.lr_at_256 if cfg.lr_at_256 is not None else (0.3 if cfg.name == "lars" else 1e-3)
+    ratio = global_batch / 256
+    return at_256 * (ratio if cfg.scaling == "linear" else ratio ** 0.5)
 
 
 def default_weight_decay(cfg: OptimConfig) -> float:

@@ -28,6 +28,14 @@ def test_lr_scales_with_the_global_batch():
     assert base_lr(OptimConfig(name="lars", lr=0.05), 4096) == 0.05  # a given lr is taken as it is
 
 
+def test_lr_at_256_scales_linearly_or_by_the_square_root():
+    assert base_lr(OptimConfig(name="lars", lr_at_256=1.2, scaling="sqrt"), 256) == pytest.approx(1.2)
+    assert base_lr(OptimConfig(name="lars", lr_at_256=1.2, scaling="sqrt"), 4096) == pytest.approx(1.2 * 4)
+    assert base_lr(OptimConfig(name="lars", lr_at_256=1.2), 1024) == pytest.approx(1.2 * 4)
+    assert base_lr(OptimConfig(name="adamw", scaling="sqrt"), 1024) == pytest.approx(1e-3 * 2)
+    assert base_lr(OptimConfig(lr=0.1, lr_at_256=0.2, scaling="sqrt"), 1024) == 0.1  # an override of lr wins
+
+
 def test_lars_step_matches_a_float64_hand_computation():
     """Matrices: u = lr·τ·(g + λw) with τ = η‖w‖ / (‖g‖ + λ‖w‖ + ε); norms and biases: plain u = lr·g (no decay,
     no adaptation). First step with momentum: the buffer is the (adapted) gradient itself."""
