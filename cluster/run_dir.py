@@ -26,7 +26,7 @@ DEFAULT_STORAGE = Path(os.environ.get("BIGBATCH_RUNS", "~/bigbatch_runs")).expan
 # What a resumed run (same name) may not change without --allow-changes: what the checkpoint's model, optimiser state
 # and stream position were made for (dotted prefixes).
 RESUME_CHECKED = ("method", "batch_size", "seed", "model", "loss", "optim", "vae", "gan", "data.train", "data.image_size",
-                  "data.lanes", "data.local_views", "data.local_size", "data.local_scale", "data.global_scale",
+                  "data.view_size", "data.lanes", "data.local_views", "data.local_size", "data.local_scale", "data.global_scale",
                   "data.blur")
 
 

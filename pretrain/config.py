@@ -24,10 +24,13 @@ class DataConfig(Strict):
                               "shards: a directory with manifest.json, a manifest URL, or a brace pattern of .tar URLs")
     probe_train: str | None = Field(None, description="labelled shards for the probe's training split; default: `train`")
     probe_test: str | None = Field(None, description="held-out shards for the probe; default for digits: the built-in holdout")
-    image_size: int = Field(32, ge=8, le=1024)
+    image_size: int = Field(32, ge=8, le=1024, description="side of the images the network is evaluated on (probe, "
+                            "export) and, unless view_size, trained on")
+    view_size: int | None = Field(None, ge=8, le=1024, description="simclr: side of the global training views "
+                                  "(e.g. 24 with image_size 32: 0.56x the pixels per view); None: image_size")
     blur: bool | None = Field(None, description="Gaussian blur in the view recipe; None: on above 32 px")
     global_scale: tuple[float, float] = Field((0.08, 1.0), description="crop area range (fraction of the image) "
-                                              "of the image_size views")
+                                              "of the global views")
     local_views: int = Field(0, ge=0, le=32, description="multi-crop (simclr): extra local views per image of "
                              "local_size px at local_scale, positives of the image's other views; 0: off")
     local_size: int = Field(16, ge=4, le=1024, description="side of the local views")
@@ -302,6 +305,9 @@ class RunConfig(Strict):
         if self.data.local_views and self.method != "simclr":
             raise ValueError(f"data.local_views={self.data.local_views}: multi-crop views are for method=simclr "
                              f"(method={self.method} models one unaugmented view); set data.local_views=0")
+        if self.data.view_size is not None and self.method != "simclr":
+            raise ValueError(f"data.view_size={self.data.view_size}: a training view size apart from data.image_size "
+                             f"is for method=simclr (method={self.method} generates data.image_size images); unset it")
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"steps={self.steps} and epochs={self.epochs}: give one of them")
         if self.steps is None and self.epochs is None:

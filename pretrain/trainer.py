@@ -45,7 +45,7 @@ def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool =
     (VAE, GAN) models the images themselves; page-locked batches when they go to a CUDA device."""
     d = cfg.data
     return StreamSpec(source=resolve_builtin(d.train), batch_size=cfg.batch_size // world_size, num_views=num_views,
-                      augment=augment, image_size=d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
+                      augment=augment, image_size=d.view_size or d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
                       shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
                       max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory, lanes=d.lanes,
                       global_scale=d.global_scale, local_views=d.local_views,

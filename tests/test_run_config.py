@@ -149,3 +149,16 @@ def test_multi_crop_keys():
     assert load_run_config(None).data.local_views == 0                       # default: two views, as before
     with pytest.raises(ConfigError, match="multi-crop views are for method=simclr"):
         load_run_config("vae-digits", ["data.local_views=2"])
+
+
+def test_view_size_sets_the_training_views_and_leaves_the_probe_size():
+    from data_pipeline.stream import make_loader
+    from pretrain.trainer import stream_spec
+
+    cfg = load_run_config(None, ["data.image_size=32", "data.view_size=24", "batch_size=8", "data.loader_workers=0"])
+    spec = stream_spec(cfg, world_size=1, num_views=2)
+    assert (spec.image_size, cfg.data.image_size) == (24, 32)  # trained on 24-px views, probed and exported at 32
+    batch = next(iter(make_loader(spec)))
+    assert batch["views"].shape == (16, 3, 24, 24)
+    with pytest.raises(ConfigError, match="data.view_size=24: a training view size apart from data.image_size"):
+        load_run_config("vae-digits", ["data.view_size=24"])

@@ -37,7 +37,7 @@ def images_per_s(items: list[str], precision: str, channels_last: bool, batch: i
     config, overrides = split_items(items)
     cfg = load_run_config(config, [*overrides, f"precision={precision}", f"channels_last={str(channels_last).lower()}",
                                    "cluster.workers=1"])
-    n, size, cpu = batch or cfg.batch_size, cfg.data.image_size, torch.device("cpu")
+    n, size, cpu = batch or cfg.batch_size, cfg.data.view_size or cfg.data.image_size, torch.device("cpu")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     method = build_method(cfg).to(cpu, memory_format=fmt)
