@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from data_pipeline.errors import UserInputError
-from pretrain.config import from_stored
+from pretrain.config import RunConfig, from_stored
 from pretrain.run_store import RunStore
 
 
-def run_row(run_dir: str | Path) -> dict:
-    """One run's row; ``run_dir`` is a local path or a URL (s3://bucket/runs/NAME)."""
+def run_row(run_dir: str | Path, keys: tuple[str, ...] = ()) -> dict:
+    """One run's row; ``run_dir`` is a local path or a URL (s3://bucket/runs/NAME). ``keys``: dotted config keys
+    (``optim.lr``) added to the row with the run's values."""
     store = RunStore(run_dir)
     text = store.read_text("config.yaml")
     if text is None:
@@ -24,9 +26,20 @@ def run_row(run_dir: str | Path) -> dict:
         raise UserInputError(f"{run_dir}/config.yaml: not a readable bigbatch config: {' '.join(str(exc).split())}") from exc
     summary, probe = (_read_json(store, f) for f in ("train_summary.json", "probe.json"))
     m = probe.get("method", {})
-    return {"run": store.url.rsplit("/", 1)[-1], "method": cfg.method, "loss": cfg.variant, "batch": cfg.batch_size,
-            "steps": summary.get("final", {}).get("step"), "time_s": summary.get("wall_time_s"),
-            "probe_top1": m.get("top1"), "knn_top1": m.get("knn_top1")}
+    row = {"run": store.url.rsplit("/", 1)[-1], "method": cfg.method, "loss": cfg.variant, "batch": cfg.batch_size,
+           "steps": summary.get("final", {}).get("step"), "time_s": summary.get("wall_time_s"),
+           "probe_top1": m.get("top1"), "knn_top1": m.get("knn_top1")}
+    return {**row, **{k: config_value(cfg, k) for k in keys if k not in row}}
+
+
+def config_value(cfg: RunConfig, key: str) -> Any:
+    """The value of dotted ``key`` in ``cfg``; a key the config does not have is a user error naming it."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not hasattr(node, part):
+            raise UserInputError(f"{key}: not a config key (see `bigbatch pretrain --print-config`)")
+        node = getattr(node, part)
+    return node.model_dump(mode="json") if hasattr(node, "model_dump") else node
 
 
 def _read_json(store: RunStore, name: str) -> dict:
@@ -40,11 +53,13 @@ def _read_json(store: RunStore, name: str) -> dict:
         raise UserInputError(f"{store.url}/{name}: not valid JSON ({exc})") from exc
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], keys: list[str] | tuple[str, ...] = ()) -> str:
+    """A fixed-width table of ``rows``, with a column per extra config key."""
     head = f"{'run':28s} {'method':7s} {'loss':18s} {'batch':>6s} {'steps':>6s} {'time s':>7s} {'probe':>7s} {'kNN':>7s}"
-    out = [head]
+    out = [head + "".join(f" {k:>14s}" for k in keys)]
     for r in rows:
         pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
         out.append(f"{r['run'][:28]:28s} {r['method']:7s} {r['loss']:18s} {r['batch']:>6} {r['steps'] or '—':>6} "
-                   f"{(r['time_s'] or 0):7.0f} {pct(r['probe_top1']):>7s} {pct(r['knn_top1']):>7s}")
+                   f"{(r['time_s'] or 0):7.0f} {pct(r['probe_top1']):>7s} {pct(r['knn_top1']):>7s}"
+                   + "".join(f" {str(r.get(k)):>14s}" for k in keys))
     return "\n".join(out)

@@ -123,6 +123,29 @@ def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards, capsys):
     assert main(["compare", str(run_dir), str(run_dir), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows == [row, row] and row["method"] == "simclr" and row["loss"] == "ranking"
+    png = tmp_path / "runs.png"
+    assert main(["compare", str(run_dir), "--key", "optim.lr_at_256", "--plot", str(png), "--x", "batch",
+                 "--by", "model.encoder", "--json"]) == 0
+    keyed = json.loads(capsys.readouterr().out)[0]
+    assert keyed["optim.lr_at_256"] is None and keyed["model.encoder"] == "bb_convnet_tiny" and keyed["batch"] == 64
+    assert png.stat().st_size > 5000
+    assert main(["compare", str(run_dir), "--key", "optim.lrr"]) == 2
+    assert "optim.lrr: not a config key" in capsys.readouterr().err
+
+
+def test_compare_plot_draws_a_line_per_group(tmp_path):
+    import matplotlib.image
+
+    from eval.compare_plot import plot_runs, series
+
+    rows = [{"loss": loss, "batch": b, "probe_top1": top1, "knn_top1": top1 - 0.05}
+            for loss, base in (("ranking", 0.6), ("binary", 0.5)) for b, top1 in ((256, base), (1024, base + 0.02),
+                                                                                  (4096, base - 0.03))]
+    rows.append({"loss": "spectral", "batch": 256, "probe_top1": None, "knn_top1": None})  # failed: left out
+    assert series(rows[::-1], "batch", "loss", "probe_top1") == {  # sorted by x, the failed run left out
+        "binary": [(256, 0.5), (1024, 0.52), (4096, 0.47)], "ranking": [(256, 0.6), (1024, 0.62), (4096, 0.57)]}
+    path = plot_runs(rows, "batch", "loss", tmp_path / "p.png", title="t")
+    assert matplotlib.image.imread(path).shape[1] == int(9 * 110)
 
 
 def test_knn_temperature_changes_the_vote():

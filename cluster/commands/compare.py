@@ -10,12 +10,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare", help="several runs side by side (method, loss, batch, steps, time, probe, kNN)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directory or its URL (s3://bucket/runs/NAME)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--key", action="append", default=[], metavar="DOTTED",
+                   help="also a config key's value per run (repeatable): --key optim.lr --key loss.temperature")
+    p.add_argument("--plot", metavar="PNG", help="write probe and kNN top-1 against --x, a line per --by value")
+    p.add_argument("--x", default="batch", help="the plot's x: a column (batch, steps, time_s) or a config key "
+                   "(default batch)")
+    p.add_argument("--by", default="loss", help="one line per value of this column or config key (default loss)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from eval.compare import run_row, table
 
-    rows = [run_row(r) for r in args.runs]
-    print(json.dumps(rows) if args.json else table(rows))
+    keys = tuple(dict.fromkeys([*args.key, *((args.x, args.by) if args.plot else ())]))
+    rows = [run_row(r, keys) for r in args.runs]
+    print(json.dumps(rows) if args.json else table(rows, args.key))
+    if args.plot:
+        from pathlib import Path
+
+        from eval.compare_plot import plot_runs
+
+        path = plot_runs(rows, args.x, args.by, Path(args.plot))
+        if not args.json:
+            print(f"plot: {path}")
     return 0

@@ -1,0 +1,58 @@
+"""Runs side by side as a figure: probe and kNN top-1 against one column of `bigbatch compare` (a config key,
+the batch, the wall time), one line per value of another (the loss)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS = (("probe_top1", "probe top-1 (%)"), ("knn_top1", "kNN top-1 (%)"))
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def series(rows: list[dict[str, Any]], x: str, by: str, metric: str) -> dict[str, list[tuple[Any, float]]]:
+    """{str(by value): [(x, metric), …]} over the rows that have the metric, sorted by x when x is numeric; groups in
+    order of appearance."""
+    out: dict[str, list[tuple[Any, float]]] = {}
+    for r in rows:
+        if isinstance(r.get(metric), (int, float)):
+            out.setdefault(str(r.get(by)), []).append((r.get(x), r[metric]))
+    numeric = _numeric([r.get(x) for r in rows])
+    return {g: sorted(pts, key=lambda p: p[0]) if numeric else pts for g, pts in out.items()}
+
+
+def plot_runs(rows: list[dict[str, Any]], x: str, by: str, path: Path, title: str | None = None) -> Path:
+    """Two panels (probe, kNN): each metric against ``rows[i][x]``, a line per distinct ``rows[i][by]`` sorted by x;
+    a base-2 log x axis when x is numeric, positive and spans at least 4×. Runs without the metric are left out."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
+    xs_all = [r.get(x) for r in rows]
+    categorical = not _numeric(xs_all)
+    labels = list(dict.fromkeys(str(v) for v in xs_all)) if categorical else []
+    for ax, (metric, label) in zip(axes[0], METRICS, strict=True):
+        for g, pts in series(rows, x, by, metric).items():
+            xs = [labels.index(str(p[0])) if categorical else p[0] for p in pts]
+            ax.plot(xs, [100 * p[1] for p in pts], "o-", label=f"{by}={g}", alpha=0.85)
+        if categorical:
+            ax.set_xticks(range(len(labels)), labels)
+        elif xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 4:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(x)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
