@@ -28,3 +28,13 @@ def test_bench_layout_prints_every_setting_as_a_ratio(capsys):
                            "bf16_nhwc_compiled"} and min(speeds.values()) > 0
     for k in ("fp32_nhwc", "bf16_nchw", "bf16_nhwc", "bf16_nhwc_compiled"):
         assert abs(out[f"{k}_over_fp32_nchw"] - speeds[k] / speeds["fp32_nchw"]) < 0.01
+
+
+def test_bench_layout_runs_a_preset_that_needs_data(capsys):
+    """The views are random, so a preset whose data.train must be given (cifar10-cpu) is timed without it."""
+    import json
+
+    from cluster.cli import main
+    assert main(["bench", "layout", "cifar10-cpu", "model.encoder=bb_convnet_tiny", "--batch", "8", "--steps", "1",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["config"] == "cifar10-cpu"

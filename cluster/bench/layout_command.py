@@ -35,6 +35,8 @@ def images_per_s(items: list[str], precision: str, channels_last: bool, batch: i
     from pretrain.trainer import ddp_wrapper, to_device
 
     config, overrides = split_items(items)
+    if not any(o.startswith("data.train=") for o in overrides):
+        overrides = ["data.train=digits", *overrides]  # the views are random: a preset's data is never read
     cfg = load_run_config(config, [*overrides, f"precision={precision}", f"channels_last={str(channels_last).lower()}",
                                    "cluster.workers=1"])
     n, size, cpu = batch or cfg.batch_size, cfg.data.view_size or cfg.data.image_size, torch.device("cpu")
