@@ -80,6 +80,10 @@ class BinaryLoss(Strict):
     num_negatives: int | None = Field(None, ge=1, description="negatives per anchor from shifts of the local batch; "
                                       "None: 1 (the all-pairs form takes every other view and no num_negatives)")
     all_pairs: bool = Field(False, description="the O(B^2) all-pairs sigmoid variant")
+    init_logit_scale: float = Field(math.log(10.0), description="initial t' of the learnable scale t = exp(t') "
+                                    "(SigLIP: log 10)")
+    init_bias: float | None = Field(None, description="initial learnable bias b; None: -log k (the prior log-odds of "
+                                    "a positive among k negatives), -10 for all_pairs (SigLIP)")
 
     @model_validator(mode="after")
     def _negatives(self) -> BinaryLoss:

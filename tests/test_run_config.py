@@ -1,5 +1,6 @@
 """Run configs: presets validate; unknown keys and bad values fail before anything starts, naming the key."""
 
+import math
 import subprocess
 import sys
 
@@ -138,7 +139,18 @@ def test_a_config_stored_by_an_older_bigbatch_still_loads():
         (30, None, None, None, "adamw", 0.01, 8)
     simclr = from_stored({"loss": {"name": "binary", "temperature": 0.5, "num_negatives": 4, "all_pairs": True,
                                    "mu": 1.0, "block_size": 512}, "vae": {"latent_dim": 64}})
-    assert simclr.loss.model_dump() == {"name": "binary", "num_negatives": None, "all_pairs": True}
+    assert simclr.loss.model_dump() == {"name": "binary", "num_negatives": None, "all_pairs": True,
+                                        "init_logit_scale": pytest.approx(math.log(10)), "init_bias": None}
+
+
+def test_binary_loss_initial_scale_and_bias_reach_the_module():
+    from pretrain.losses import build_loss
+
+    loss = build_loss(load_run_config("binary", ["loss.num_negatives=8", "loss.init_bias=-1.5",
+                                                 "loss.init_logit_scale=1.0"]).loss)
+    assert (loss.bias.item(), loss.logit_scale.item()) == (-1.5, 1.0)
+    default = build_loss(load_run_config("binary", ["loss.num_negatives=8"]).loss)
+    assert default.bias.item() == pytest.approx(-math.log(8)) and default.logit_scale.item() == pytest.approx(math.log(10))
 
 
 def test_multi_crop_keys():

@@ -29,7 +29,8 @@ LossSection = RankingLoss | RankingBlockwiseLoss | BinaryLoss | SpectralLoss
 BUILDERS: dict[str, Callable[[Any], ContrastiveLoss]] = {
     "ranking": lambda c: RankingNCE(c.temperature),
     "ranking-blockwise": lambda c: RankingNCE(c.temperature, block_size=c.block_size),
-    "binary": lambda c: BinaryNCE(c.num_negatives or 1, all_pairs=c.all_pairs),  # None with all_pairs
+    "binary": lambda c: BinaryNCE(c.num_negatives or 1, all_pairs=c.all_pairs,  # None with all_pairs
+                                  init_logit_scale=c.init_logit_scale, init_bias=c.init_bias),
     "spectral": lambda c: SpectralContrastive(c.mu),
 }
 
