@@ -22,11 +22,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_ARCHIVE = Path(os.environ.get("BIGBATCH_CIFAR_ARCHIVE", SHARED_DATA / "cifar10-train.tar.gz"))
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-# Ray Train's controller polls its worker group every 2 s, so each run's end (and each failure) is noticed up to 2 s
-# late; the tests' runs are seconds long, so they poll every 0.25 s. Nothing is preempted here: no preemption watcher
-# (one actor process less per run). Set before any Ray starts: its processes inherit the environment.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def unpack_cifar(dest: Path, per_class: int) -> Path:

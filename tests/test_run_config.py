@@ -102,7 +102,8 @@ def test_settings_that_do_nothing_are_errors(overrides, fragment):
 
 def test_each_loss_and_method_gets_its_own_defaults():
     assert load_run_config(None, ["loss.name=binary"]).loss.model_dump() == \
-        {"name": "binary", "num_negatives": 1, "all_pairs": False}
+        {"name": "binary", "num_negatives": 1, "all_pairs": False, "init_logit_scale": pytest.approx(math.log(10)),
+         "init_bias": None}
     assert load_run_config(None, ["loss.name=binary", "loss.all_pairs=true"]).loss.num_negatives is None
     vae = load_run_config(None, ["method=vae"])  # the file's SimCLR loss section gives way to the new method
     assert (vae.loss, vae.gan, vae.optim.name, vae.vae.latent_dim) == (None, None, "adamw", 64)
