@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from eval.figures import save_figure
+
 # metric → whether larger is better
 METRICS = {"probe_top1": True, "knn_top1": True, "loss": False}
 RESULT_COLUMNS = ("probe_top1", "knn_top1", "loss", "steps", "stop_reason", "time_s")
@@ -113,9 +115,4 @@ def plot(rows: list[dict[str, Any]], keys: list[str], metric: str, path: Path) -
         if ys and all(math.isfinite(y) for y in ys):
             pad = max(1e-9, 0.05 * (max(ys) - min(ys)))
             ax.set_ylim(min(ys) - pad, max(ys) + pad)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

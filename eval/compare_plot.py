@@ -3,9 +3,10 @@ the batch, the wall time), one line per value of another (the loss)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from eval.figures import save_figure
 
 METRICS = (("probe_top1", "probe top-1 (%)"), ("knn_top1", "kNN top-1 (%)"))
 
@@ -50,9 +51,4 @@ def plot_runs(rows: list[dict[str, Any]], x: str, by: str, path: Path, title: st
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)

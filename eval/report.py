@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from eval.figures import save_figure
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
@@ -28,10 +30,7 @@ def plot_loss(metrics: list[dict], path: Path) -> Path | None:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _pct(x: float | None) -> str:
