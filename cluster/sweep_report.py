@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from eval.figures import save_figure
+from eval.figures import numeric, save_figure
 
 # metric → whether larger is better
 METRICS = {"probe_top1": True, "knn_top1": True, "loss": False}
@@ -81,10 +81,6 @@ def write_results(sweep_dir: Path, name: str, rows: list[dict[str, Any]], keys: 
     return out
 
 
-def _numeric(values: list[Any]) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-
 def plot(rows: list[dict[str, Any]], keys: list[str], metric: str, path: Path) -> Path:
     """One panel per swept key: the metric of every finished trial against that key's value (log x for numeric
     values spanning ≥ 20×; categories in order of appearance otherwise)."""
@@ -98,7 +94,7 @@ def plot(rows: list[dict[str, Any]], keys: list[str], metric: str, path: Path) -
     for ax, key in zip(axes[0], keys, strict=True):
         xs = [r["values"].get(key) for r in done]
         ys = [scale * r[metric] for r in done]
-        if _numeric(xs):
+        if numeric(xs):
             ax.plot(xs, ys, "o", alpha=0.8)
             positive = [x for x in xs if x > 0]
             if len(positive) == len(xs) and min(xs) > 0 and max(xs) / min(xs) >= 20:

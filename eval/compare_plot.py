@@ -6,13 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.figures import save_figure
+from eval.figures import numeric, save_figure
 
 METRICS = (("probe_top1", "probe top-1 (%)"), ("knn_top1", "kNN top-1 (%)"))
-
-
-def _numeric(values: list[Any]) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def series(rows: list[dict[str, Any]], x: str, by: str, metric: str) -> dict[str, list[tuple[Any, float]]]:
@@ -22,8 +18,8 @@ def series(rows: list[dict[str, Any]], x: str, by: str, metric: str) -> dict[str
     for r in rows:
         if isinstance(r.get(metric), (int, float)):
             out.setdefault(str(r.get(by)), []).append((r.get(x), r[metric]))
-    numeric = _numeric([r.get(x) for r in rows])
-    return {g: sorted(pts, key=lambda p: p[0]) if numeric else pts for g, pts in out.items()}
+    by_x = numeric([r.get(x) for r in rows])
+    return {g: sorted(pts, key=lambda p: p[0]) if by_x else pts for g, pts in out.items()}
 
 
 def plot_runs(rows: list[dict[str, Any]], x: str, by: str, path: Path, title: str | None = None) -> Path:
@@ -35,7 +31,7 @@ def plot_runs(rows: list[dict[str, Any]], x: str, by: str, path: Path, title: st
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
     xs_all = [r.get(x) for r in rows]
-    categorical = not _numeric(xs_all)
+    categorical = not numeric(xs_all)
     labels = list(dict.fromkeys(str(v) for v in xs_all)) if categorical else []
     for ax, (metric, label) in zip(axes[0], METRICS, strict=True):
         for g, pts in series(rows, x, by, metric).items():
