@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from data_pipeline.builtin import resolve_builtin
 from pretrain.config import RunConfig
-from pretrain.run_store import STATE_FILE
 
 
 def probe_sources(cfg: RunConfig) -> tuple[str, str] | None:
@@ -36,11 +34,6 @@ def probe_gpus(cfg: RunConfig) -> float:
     return 1.0 if cfg.cluster.gpus_per_worker > 0 else 0.0
 
 
-def checkpoint_step(directory: Path) -> int:
-    import torch
-    return int(torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)["step"])
-
-
 def probe_checkpoint(run: dict[str, Any], checkpoint: str, periodic: bool) -> dict[str, Any]:
     """The body of the probe task: probe ``checkpoint`` (a path or URL) with the run's data and settings.
 
@@ -50,6 +43,7 @@ def probe_checkpoint(run: dict[str, Any], checkpoint: str, periodic: bool) -> di
     import torch
 
     from eval.run_probe import probe_run
+    from pretrain.checkpoint import checkpoint_step
     from pretrain.run_store import local_checkpoint
 
     cfg = RunConfig.model_validate(run)

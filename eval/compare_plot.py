@@ -48,3 +48,34 @@ def plot_runs(rows: list[dict[str, Any]], x: str, by: str, path: Path, title: st
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=110)
+
+
+def plot_curves(rows: list[dict[str, Any]], curves: list[list[dict[str, Any]]], by: str, x: str, path: Path,
+                title: str | None = None) -> Path:
+    """Two panels (probe, kNN): each run's probe curve (``eval.probe_curve``) against wall-clock minutes, a line per
+    run labelled by its ``by`` and ``x`` values; one colour per ``by`` value, one marker per ``x`` value."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(str(r.get(by)) for r in rows))
+    xs = list(dict.fromkeys(str(r.get(x)) for r in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "os^Dv<>p*h"
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], METRICS, strict=True):
+        for r, points in zip(rows, curves, strict=True):
+            pts = [p for p in points if isinstance(p.get(metric), (int, float))]
+            if not pts:
+                continue
+            g, v = str(r.get(by)), str(r.get(x))
+            ax.plot([p["time_s"] / 60 for p in pts], [100 * p[metric] for p in pts], "-",
+                    color=colours[groups.index(g) % len(colours)], marker=markers[xs.index(v) % len(markers)],
+                    label=f"{by}={g}, {x}={v}", alpha=0.85)
+        ax.set_xlabel("wall time (min)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=110)

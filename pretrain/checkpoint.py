@@ -173,6 +173,11 @@ def latest_checkpoint(path: Path) -> tuple[Path, dict[str, Any]]:
     return best[1], best[2]
 
 
+def checkpoint_step(directory: str | Path) -> int:
+    """The optimiser step a checkpoint directory was written at (its state file memory-mapped, not read whole)."""
+    return int(torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)["step"])
+
+
 def find_latest_checkpoint(path: Path) -> Path:
     """A checkpoint dir itself, or the newest readable ``checkpoint_*`` dir (highest step) under a run dir."""
     return latest_checkpoint(path)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,6 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PNG", help="write probe and kNN top-1 against --x, a line per --by value")
     p.add_argument("--x", default="batch", help="the plot's x: a column (batch, steps, time_s) or a config key "
                    "(default batch)")
+    p.add_argument("--plot-time", metavar="PNG", help="write each run's probe curve (`bigbatch probe RUN "
+                   "--every-checkpoint`) against wall time, coloured by --by, marked by --x")
     p.add_argument("--by", default="loss", help="one line per value of this column or config key (default loss)")
     p.set_defaults(func=run)
 
@@ -22,15 +25,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from eval.compare import run_row, table
 
-    keys = tuple(dict.fromkeys([*args.key, *((args.x, args.by) if args.plot else ())]))
+    keys = tuple(dict.fromkeys([*args.key, *((args.x, args.by) if args.plot or args.plot_time else ())]))
     rows = [run_row(r, keys) for r in args.runs]
+    curves = None
+    if args.plot_time:
+        from eval.probe_curve import read_curve
+
+        curves = [read_curve(r) for r in args.runs]  # a missing curve is an error before anything is drawn
     print(json.dumps(rows) if args.json else table(rows, args.key))
     if args.plot:
-        from pathlib import Path
-
         from eval.compare_plot import plot_runs
 
         path = plot_runs(rows, args.x, args.by, Path(args.plot))
+        if not args.json:
+            print(f"plot: {path}")
+    if curves is not None:
+        from eval.compare_plot import plot_curves
+
+        path = plot_curves(rows, curves, args.by, args.x, Path(args.plot_time))
         if not args.json:
             print(f"plot: {path}")
     return 0

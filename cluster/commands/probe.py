@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-knn", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--every-checkpoint", action="store_true",
+                   help="probe each retained checkpoint of the run: accuracy against wall time, into the run's "
+                   "probe_curve.json (`bigbatch compare --plot-time` draws it)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -37,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from eval.run_probe import probe_run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.every_checkpoint:
+        return _every_checkpoint(args, device)
     res = probe_run(args.checkpoint, resolve_builtin(args.train), resolve_builtin(args.test), baselines=args.baseline,
                     knn=not args.no_knn, seed=args.seed, device=device, image_size=args.image_size,
                     encoder=args.encoder)
@@ -47,4 +52,27 @@ def run(args: argparse.Namespace) -> int:
             knn = f"{100 * r['knn_top1']:6.1f}%" if "knn_top1" in r else "      —"
             print(f"{name:16s} {100 * r['top1']:6.1f}% {100 * r['top5']:6.1f}% {knn} {r['l2']:7.0e} {r['dim']:6d}")
     print(json.dumps(res))
+    return 0
+
+
+def _every_checkpoint(args: argparse.Namespace, device: str) -> int:
+    from eval.probe_curve import probe_curve, write_curve
+
+    if args.checkpoint is None or args.baseline:
+        raise UserInputError("--every-checkpoint probes a run directory's checkpoints: give the run, and no --baseline")
+    if not args.json:
+        print(f"{'checkpoint':28s} {'step':>7s} {'time s':>8s} {'top-1':>7s} {'kNN':>7s}")
+
+    def show(p: dict) -> None:
+        if not args.json:
+            knn = f"{100 * p['knn_top1']:6.1f}%" if p.get("knn_top1") is not None else "      —"
+            print(f"{p['checkpoint']:28s} {p['step']:7d} {p['time_s']:8.1f} {100 * p['probe_top1']:6.1f}% {knn}",
+                  flush=True)
+
+    curve = probe_curve(args.checkpoint, resolve_builtin(args.train), resolve_builtin(args.test), knn=not args.no_knn,
+                        seed=args.seed, device=device, on_point=show)
+    where = write_curve(args.checkpoint, curve)
+    if not args.json:
+        print(f"curve: {where}")
+    print(json.dumps(curve))
     return 0
