@@ -62,11 +62,14 @@ def probe_curve(run: str | Path, train: str, test: str, *, knn: bool = True, see
     checkpoints = store.checkpoints()
     if not checkpoints:
         raise UserInputError(f"{store.url}: the run has no checkpoint to probe")
+    final = _final_probe(store, str(train), str(test), seed, knn)
     points = []
     for rel in checkpoints:
         with local_checkpoint(f"{store.url}/{rel}") as local:
             step = checkpoint_step(local)
-            res = probe_run(local, train, test, knn=knn, seed=seed, device=device)["method"]
+            name = rel.rsplit("/", 1)[-1]
+            res = final[1] if final and final[0] == name else \
+                probe_run(local, train, test, knn=knn, seed=seed, device=device)["method"]
         point = {"checkpoint": rel, "step": step, "time_s": round(clock(step), 2), "probe_top1": res["top1"],
                  "probe_top5": res["top5"], "knn_top1": res.get("knn_top1")}
         points.append(point)
@@ -74,6 +77,19 @@ def probe_curve(run: str | Path, train: str, test: str, *, knn: bool = True, see
             on_point(point)
     points.sort(key=lambda p: p["step"])
     return {"train": str(train), "test": str(test), "seed": seed, "points": points}
+
+
+def _final_probe(store: RunStore, train: str, test: str, seed: int, knn: bool) -> tuple[str, dict] | None:
+    """(checkpoint dir name, results) of the run's ``probe.json`` when it probed on the same data with the same seed
+    (and has kNN if asked): that checkpoint is not probed again."""
+    text = store.read_text("probe.json")
+    try:
+        done = json.loads(text) if text else {}
+        same = (done["train"], done["test"], done["seed"]) == (train, test, seed)
+        method, name = done["method"], str(done["checkpoint"]).rstrip("/").rsplit("/", 1)[-1]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (name, method) if same and (not knn or method.get("knn_top1") is not None) else None
 
 
 def write_curve(run: str | Path, curve: dict[str, Any]) -> str:

@@ -47,19 +47,28 @@ def test_every_checkpoint_probed_and_drawn_against_time(tmp_path, digits_shards,
     assert main(["compare", str(run_dir), "--plot-time", str(tmp_path / "t.png")]) == 2  # no curve yet: said how
     assert f"{run_dir}: no {CURVE_FILE}; make it with `bigbatch probe" in capsys.readouterr().err
 
+    train, test = str(digits_shards["train"]), str(digits_shards["holdout"])
+    final = probe_run(run_dir, train, test, run_dir=run_dir)  # the run's own final probe: probe.json
+    marked = json.loads((run_dir / "probe.json").read_text())
+    marked["method"]["top1"] = 0.123  # a mark: the final checkpoint's point must come from probe.json, not a new probe
+    (run_dir / "probe.json").write_text(json.dumps(marked))
+
     assert main(["probe", str(run_dir), "--every-checkpoint", *data]) == 0
     out = capsys.readouterr().out
     curve = json.loads(out.strip().splitlines()[-1])
     points = curve["points"]
     assert [p["step"] for p in points] == [2, 4] and [p["time_s"] for p in points] == [20.0, 40.0]
-    for p in points:  # each point is that checkpoint's own probe
-        ckpt = run_dir / p["checkpoint"]
-        assert checkpoint_step(ckpt) == p["step"]
-        assert probe_run(ckpt, str(digits_shards["train"]), str(digits_shards["holdout"]))["method"]["top1"] == \
-            p["probe_top1"]
-        assert 0.1 < p["probe_top1"] <= 1 and p["knn_top1"] is not None
+    assert [checkpoint_step(run_dir / p["checkpoint"]) for p in points] == [2, 4]
+    assert points[0]["probe_top1"] == probe_run(run_dir / points[0]["checkpoint"], train, test)["method"]["top1"]
+    assert 0.1 < points[0]["probe_top1"] <= 1 and points[0]["knn_top1"] is not None
+    assert final["checkpoint"].endswith(points[1]["checkpoint"]) and points[1]["probe_top1"] == 0.123
+    assert main(["probe", str(run_dir), "--every-checkpoint", "--seed", "1", "--json", *data]) == 0
+    reprobed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["points"]
+    assert 0.1 < reprobed[1]["probe_top1"] != 0.123  # another seed: probe.json does not answer for it
+    assert main(["probe", str(run_dir), "--every-checkpoint", *data]) == 0
+    curve = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads((run_dir / CURVE_FILE).read_text()) == curve
-    assert f"curve: {run_dir}/{CURVE_FILE}" in out and "checkpoints/checkpoint_" in out
+    assert f"curve: {run_dir}/{CURVE_FILE}" in out and "checkpoints/checkpoint_" in out and "12.3%" in out
 
     png = tmp_path / "time.png"
     assert main(["compare", str(run_dir), str(run_dir), "--plot-time", str(png), "--json"]) == 0
