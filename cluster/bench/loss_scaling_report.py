@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from cluster.bench.loss_scaling import LOSSES, QUADRATIC, Config, Result, loglog_slope, measure
+from eval.figures import save_figure
 
 DEFAULT_BATCHES = (1024, 4096, 8192, 16384, 65536, 262144, 1048576)
 QUADRATIC_MAX = {"ranking": 8192, "binary-all-pairs": 8192, "ranking-blockwise": 65536}
@@ -106,6 +108,4 @@ def plot(results: list[Result], path: str, title: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, Path(path), dpi=110)
