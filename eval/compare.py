@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from pretrain.config import RunConfig, from_stored
 from pretrain.run_store import RunStore
 
 
-def run_row(run_dir: str | Path, keys: tuple[str, ...] = ()) -> dict:
+def run_row(run_dir: str | Path, keys: tuple[str, ...] = (), absent: Counter | None = None) -> dict:
     """One run's row; ``run_dir`` is a local path or a URL (s3://bucket/runs/NAME). ``keys``: dotted config keys
-    (``optim.lr``) added to the row with the run's values."""
+    (``optim.lr``) added to the row with the run's values. A key this run's config lacks is an error, or, given the
+    counter ``absent``, None in the row and counted there (``loss.num_negatives`` of a ranking-loss run)."""
     store = RunStore(run_dir)
     text = store.read_text("config.yaml")
     if text is None:
@@ -29,7 +31,27 @@ def run_row(run_dir: str | Path, keys: tuple[str, ...] = ()) -> dict:
     row = {"run": store.url.rsplit("/", 1)[-1], "method": cfg.method, "loss": cfg.variant, "batch": cfg.batch_size,
            "steps": summary.get("final", {}).get("step"), "time_s": summary.get("wall_time_s"),
            "probe_top1": m.get("top1"), "knn_top1": m.get("knn_top1")}
-    return {**row, **{k: config_value(cfg, k) for k in keys if k not in row}}
+    for k in keys:
+        if k in row:
+            continue
+        try:
+            row[k] = config_value(cfg, k)
+        except UserInputError:
+            if absent is None:
+                raise
+            absent[k] += 1
+            row[k] = None
+    return row
+
+
+def rows_of(runs: list[str], keys: tuple[str, ...] = ()) -> list[dict]:
+    """The runs' rows; a key may be missing from some runs' configs (None there), not from all of them."""
+    absent: Counter = Counter()
+    rows = [run_row(r, keys, absent) for r in runs]
+    for k in keys:
+        if rows and absent[k] == len(rows):
+            raise UserInputError(f"{k}: not a config key of any of these runs (see `bigbatch pretrain --print-config`)")
+    return rows
 
 
 def config_value(cfg: RunConfig, key: str) -> Any:

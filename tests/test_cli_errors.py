@@ -122,7 +122,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, bad):
     """Only user errors become one line: anything else propagates (the interpreter prints it, exit code 1)."""
     import eval.compare
 
-    def broken(run_dir, keys=()):
+    def broken(*args, **kwargs):
         raise KeyError("a bug")
 
     monkeypatch.setattr(eval.compare, "run_row", broken)

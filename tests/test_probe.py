@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from data_pipeline.split import stratified_split
 from eval.baselines import PCA, PPCA
@@ -131,6 +133,15 @@ def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards, capsys):
     assert png.stat().st_size > 5000
     assert main(["compare", str(run_dir), "--key", "optim.lrr"]) == 2
     assert "optim.lrr: not a config key" in capsys.readouterr().err
+    binary = tmp_path / "tiny-binary"  # the same run as if trained with the binary loss (the loss study's mix)
+    shutil.copytree(run_dir, binary)
+    stored = yaml.safe_load((binary / "config.yaml").read_text())
+    stored["loss"] = {"name": "binary", "num_negatives": 8}
+    (binary / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert main(["compare", str(run_dir), str(binary), "--key", "loss.num_negatives", "--json"]) == 0
+    assert [r["loss.num_negatives"] for r in json.loads(capsys.readouterr().out)] == [None, 8]  # ranking has none
+    assert main(["compare", str(run_dir), "--key", "loss.num_negatives"]) == 2  # in none of the runs: a mistake
+    assert "loss.num_negatives: not a config key of any of these runs" in capsys.readouterr().err
 
 
 def test_compare_plot_draws_a_line_per_group(tmp_path):

@@ -23,10 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.compare import run_row, table
+    from eval.compare import rows_of, table
 
     keys = tuple(dict.fromkeys([*args.key, *((args.x, args.by) if args.plot or args.plot_time else ())]))
-    rows = [run_row(r, keys) for r in args.runs]
+    rows = rows_of(args.runs, keys)
     curves = None
     if args.plot_time:
         from eval.probe_curve import read_curve
