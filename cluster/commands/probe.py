@@ -61,12 +61,12 @@ def _every_checkpoint(args: argparse.Namespace, device: str) -> int:
     if args.checkpoint is None or args.baseline:
         raise UserInputError("--every-checkpoint probes a run directory's checkpoints: give the run, and no --baseline")
     if not args.json:
-        print(f"{'checkpoint':28s} {'step':>7s} {'time s':>8s} {'top-1':>7s} {'kNN':>7s}")
+        print(f"{'checkpoint':38s} {'step':>7s} {'time s':>8s} {'top-1':>7s} {'kNN':>7s}")
 
     def show(p: dict) -> None:
         if not args.json:
             knn = f"{100 * p['knn_top1']:6.1f}%" if p.get("knn_top1") is not None else "      —"
-            print(f"{p['checkpoint']:28s} {p['step']:7d} {p['time_s']:8.1f} {100 * p['probe_top1']:6.1f}% {knn}",
+            print(f"{p['checkpoint']:38s} {p['step']:7d} {p['time_s']:8.1f} {100 * p['probe_top1']:6.1f}% {knn}",
                   flush=True)
 
     curve = probe_curve(args.checkpoint, resolve_builtin(args.train), resolve_builtin(args.test), knn=not args.no_knn,
