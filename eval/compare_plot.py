@@ -33,7 +33,7 @@ def plot_runs(rows: list[dict[str, Any]], x: str, by: str, path: Path, title: st
     xs_all = [r.get(x) for r in rows]
     categorical = not numeric(xs_all)
     labels = list(dict.fromkeys(str(v) for v in xs_all)) if categorical else []
-    for ax, (metric, label) in zip(axes[0], METRICS, strict=True):
+    for ax, (metric, _) in zip(axes[0], METRICS, strict=True):
         for g, pts in series(rows, x, by, metric).items():
             xs = [labels.index(str(p[0])) if categorical else p[0] for p in pts]
             ax.plot(xs, [100 * p[1] for p in pts], "o-", label=f"{by}={g}", alpha=0.85)
@@ -42,12 +42,7 @@ def plot_runs(rows: list[dict[str, Any]], x: str, by: str, path: Path, title: st
         elif xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 4:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(x)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path, dpi=110)
+    return _finish(fig, axes, path, title, legend_size=8)
 
 
 def plot_curves(rows: list[dict[str, Any]], curves: list[list[dict[str, Any]]], by: str, x: str, path: Path,
@@ -63,7 +58,7 @@ def plot_curves(rows: list[dict[str, Any]], curves: list[list[dict[str, Any]]], 
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "os^Dv<>p*h"
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
-    for ax, (metric, label) in zip(axes[0], METRICS, strict=True):
+    for ax, (metric, _) in zip(axes[0], METRICS, strict=True):
         for r, points in zip(rows, curves, strict=True):
             pts = [p for p in points if isinstance(p.get(metric), (int, float))]
             if not pts:
@@ -73,9 +68,15 @@ def plot_curves(rows: list[dict[str, Any]], curves: list[list[dict[str, Any]]], 
                     color=colours[groups.index(g) % len(colours)], marker=markers[xs.index(v) % len(markers)],
                     label=f"{by}={g}, {x}={v}", alpha=0.85)
         ax.set_xlabel("wall time (min)")
+    return _finish(fig, axes, path, title, legend_size=7)
+
+
+def _finish(fig: Any, axes: Any, path: Path, title: str | None, legend_size: int) -> Path:
+    """The panels' y labels, grids and legend, the title; the figure written through ``save_figure``."""
+    for ax, (_, label) in zip(axes[0], METRICS, strict=True):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=legend_size)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=110)
