@@ -58,7 +58,10 @@ def probe_curve(run: str | Path, train: str, test: str, *, knn: bool = True, see
     from pretrain.checkpoint import checkpoint_step
 
     store = RunStore(run)
-    clock = step_clock(_metrics(store))
+    try:
+        clock = step_clock(_metrics(store))
+    except ValueError as exc:
+        raise UserInputError(f"{store.url}/metrics.jsonl: cannot place checkpoints in time: {exc}") from exc
     checkpoints = store.checkpoints()
     if not checkpoints:
         raise UserInputError(f"{store.url}: the run has no checkpoint to probe")

@@ -37,6 +37,11 @@ def test_every_checkpoint_probed_and_drawn_against_time(tmp_path, digits_shards,
                                  f"data.train={digits_shards['train']}", f"cluster.storage_path={tmp_path}", "name=c"])
     run_dir = prepare_run_dir(cfg).local
     run_single_process(cfg, run_dir)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"time": 1.0, "step": 1, "loss": 6.0}) + "\n")  # no start
+    assert main(["probe", str(run_dir), "--every-checkpoint", "--train", str(digits_shards["train"]), "--test",
+                 str(digits_shards["holdout"])]) == 2
+    assert f"{run_dir}/metrics.jsonl: cannot place checkpoints in time: metrics.jsonl has no start event" in \
+        capsys.readouterr().err
     with open(run_dir / "metrics.jsonl", "w") as f:  # a driver's log: start at 100 s, steps 1 and 4 at 110 and 140 s
         for m in ({"time": 100.0, "event": "start"}, {"time": 110.0, "step": 1, "loss": 6.0},
                   {"time": 140.0, "step": 4, "loss": 5.0}):
