@@ -218,9 +218,20 @@ def _rows(grid: Any, trials: list[Trial]) -> list[dict[str, Any]]:
             row.update(status="failed", error=error_line(result.error))
         elif "run_dir" in metrics:
             row.update(status="done", **{k: metrics.get(k) for k in keys})
+        elif (stored := _stored_error(result)) is not None:  # failed, but Ctrl-C came before Tune saved its state
+            row.update(status="failed", error=error_line(stored))
         else:
             row["status"] = "interrupted"
     return rows
+
+
+def _stored_error(result: Any) -> str | None:
+    """The error.txt Tune wrote into the trial's directory when it failed, or None."""
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/error.txt") as f:
+            return f.read().decode(errors="replace")
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def run_sweep(spec: SweepSpec, *, name: str | None = None, samples: int | None = None, seed: int = 0,

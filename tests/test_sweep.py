@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cluster.cli import main
-from cluster.sweep import error_line
+from cluster.sweep import _rows, error_line
 from cluster.sweep_report import write_results
 from cluster.sweep_space import Range, make_trials, parse_items, split_values, trial_name
 
@@ -215,3 +215,22 @@ def test_failed_trial_ctrl_c_and_resume(ray_local, digits_shards, tmp_path):
     table = _table(tmp_path / "ctrlc")
     assert table[first_name]["status"] == "failed"
     assert table[second.name]["status"] == "done" and (second / "probe.json").is_file()
+
+
+def test_a_trial_that_failed_before_tune_saved_its_state_reads_as_failed(tmp_path, digits_shards):
+    """Ctrl-C right after a trial failed: Tune's saved state may not hold the error yet, but the trial's error.txt
+    does; a trial with neither an error nor results is interrupted; one with results is done."""
+    from ray.tune import Result
+
+    trials = make_trials(parse_items([*TINY, *_data(digits_shards), "optim.lr=0.1,0.2,0.3"]), [], None, 0)
+    dirs = [tmp_path / t.name for t in trials]
+    for d in dirs:
+        d.mkdir()
+    (dirs[0] / "error.txt").write_text("Failure # 1 (occurred at 2026-12-02_17-36-10)\nTraceback (most recent call "
+                                       "last):\n  File \"x.py\", line 1\ndata_pipeline.errors.UserInputError: "
+                                       "/data/bad: no shard could be read\n")
+    results = [Result(metrics={"config": {"trial": i}, **extra}, checkpoint=None, error=None, path=str(d))
+               for i, (d, extra) in enumerate(zip(dirs, [{}, {}, {"run_dir": "/r", "steps": 3}], strict=True))]
+    rows = _rows(results, trials)
+    assert [r["status"] for r in rows] == ["failed", "interrupted", "done"]
+    assert rows[0]["error"] == "/data/bad: no shard could be read" and rows[2]["steps"] == 3
