@@ -62,7 +62,8 @@ class CheckpointWatcher:
 
     def __init__(self, store: Any, interval: float = 0.0) -> None:
         self.store, self.interval = store, interval
-        self.seen: set[str] = set(store.checkpoints()) if store.exists() else set()
+        self.listed: list[str] = store.checkpoints() if store.exists() else []
+        self.seen: set[str] = set(self.listed)
         self.last = 0.0
 
     def new(self, force: bool = False) -> list[str]:
@@ -70,6 +71,11 @@ class CheckpointWatcher:
             return []
         self.last = time.monotonic()
         self.store.refresh()
-        fresh = [c for c in self.store.checkpoints() if c not in self.seen]
+        self.listed = self.store.checkpoints()
+        fresh = [c for c in self.listed if c not in self.seen]
         self.seen.update(fresh)
         return fresh
+
+    def present(self) -> list[str]:
+        """The checkpoints of the last listing, oldest first."""
+        return list(self.listed)

@@ -129,3 +129,24 @@ def test_unusable_storage_path_is_one_line(tmp_path, bucket, monkeypatch, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"bigbatch pretrain: cluster.storage_path={storage}: cannot be used")
         assert re.search(why, err[0]), err[0]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_artifacts_collected_again_when_a_copy_was_taken_mid_write(tmp_path, where, request):
+    """collect_artifacts copies a checkpoint's PNGs that are missing in run_dir/artifacts or of another size there
+    (taken while Ray was still writing them), and leaves complete ones alone."""
+    from cluster.artifacts import collect_artifacts
+
+    url = str(tmp_path / "store") if where == "local" else f"s3://{request.getfixturevalue('bucket')}/runs/a"
+    store = RunStore(url)
+    ckpt, run_dir = "checkpoint_2026-01-01_00-00-01.000000", tmp_path / "run"
+    full = {"vae-recon-step00000004.png": b"\x89PNG" + b"r" * 300, "vae-samples-step00000004.png": b"\x89PNG" + b"s" * 200}
+    for name, data in full.items():
+        (tmp_path / name).write_bytes(data)
+        store.upload(tmp_path / name, f"{ckpt}/artifacts/{name}")
+    (run_dir / "artifacts").mkdir(parents=True)
+    (run_dir / "artifacts" / "vae-recon-step00000004.png").write_bytes(full["vae-recon-step00000004.png"][:100])
+    copied = collect_artifacts(store, ckpt, run_dir)
+    assert sorted(p.name for p in copied) == sorted(full)
+    assert {p.name: p.read_bytes() for p in (run_dir / "artifacts").iterdir()} == full
+    assert collect_artifacts(store, ckpt, run_dir) == []  # complete: nothing copied again
