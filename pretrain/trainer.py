@@ -23,7 +23,13 @@ import torch.distributed as dist
 
 from data_pipeline.builtin import resolve_builtin
 from data_pipeline.stream import VIEW_KEYS, StreamSpec, make_loader
-from pretrain.checkpoint import load_checkpoint, save_checkpoint, seed_rank_rng, set_rng_state
+from pretrain.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    seed_rank_rng,
+    set_rng_state,
+)
 from pretrain.config import RunConfig
 from pretrain.methods import build_method
 from pretrain.methods.base import PretrainMethod
@@ -128,7 +134,12 @@ class Trainer:
         step in it) and the optimiser state are global; a rank's RNG state carries over only when the world size is
         the same, otherwise (or when the rank had no file) it is re-derived from (seed, step, rank)."""
         state, rng = load_checkpoint(checkpoint_dir, self.rank)
-        self.method.load_state(state["method"])
+        try:
+            self.method.load_state(state["method"])
+        except (KeyError, ValueError, RuntimeError) as e:  # another model, loss or optimiser layout
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{checkpoint_dir}: does not fit this run's model or optimiser ({first}); resume it "
+                                  "with the config it was written with, or start a new run") from e
         self.step = state["step"]
         self.epoch, self.batch_in_epoch = state["stream"]["epoch"], state["stream"]["batch"]
         extra = state.get("extra", {})

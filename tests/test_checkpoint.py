@@ -199,3 +199,23 @@ def test_a_pickled_rng_file_is_refused_naming_it(tmp_path):
     torch.save({"torch": Evil()}, d / "rng-rank0.pt")
     with pytest.raises(CheckpointError, match=r"rng-rank0\.pt: cannot be loaded as a weights-only"):
         load_checkpoint(d)
+
+
+@pytest.mark.parametrize("other", [["loss.name=binary"], ["model.proj_dim=16"]])
+def test_a_checkpoint_of_another_model_or_optimiser_is_one_line_naming_it(tmp_path, digits_shards, other):
+    """Resuming with a config the checkpoint was not written with (binary NCE's scalars add a parameter group and
+    two parameters; another projector width changes a shape) is a CheckpointError naming the directory."""
+    from pretrain.trainer import LocalHooks, Trainer
+
+    base = ["model.encoder=bb_convnet_tiny", "model.proj_hidden=32", "data.image_size=16",
+            f"data.train={digits_shards['train']}", "batch_size=64", "cluster.workers=1"]
+
+    def trainer(*extra: str) -> Trainer:
+        return Trainer(load_run_config(None, [*base, *extra]), rank=0, world_size=1, device=torch.device("cpu"),
+                       hooks=LocalHooks(tmp_path, 1))
+
+    trainer()._write(tmp_path / "ckpt")
+    trainer().restore(tmp_path / "ckpt")  # the same config resumes
+    with pytest.raises(CheckpointError, match=r"ckpt: does not fit this run's model or optimiser \(") as err:
+        trainer(*other).restore(tmp_path / "ckpt")
+    assert "\n" not in str(err.value)
