@@ -115,6 +115,8 @@ class OptimConfig(Strict):
     scaling: Literal["linear", "sqrt"] = Field("linear", description="lr_at_256 to B: linear (·B/256) or sqrt "
                                                "(·√(B/256), SimCLR appendix B.1's rule for short training)")
     weight_decay: float | None = Field(None, ge=0, description="None: lars 1e-6, adamw 0.05; never on norms/biases")
+    scalar_lr: float = Field(1e-3, gt=0, description="Adam's lr for 0-d parameters (a loss's log-scale and bias, a "
+                             "VAE's log sigma), on the same warmup + cosine, no decay, whatever `name` is")
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_fraction: float = Field(0.1, ge=0, le=1)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)

@@ -1,7 +1,11 @@
 """Large-batch optimisation: LARS (timm) or AdamW, lr = lr_at_256·B/256 or ·√(B/256); warmup + cosine (timm).
 
 Weight decay — and, for LARS, the trust-ratio adaptation — skip norms and biases (1-D parameters): timm's
-Lars adapts only groups with weight_decay > 0, which gives exactly SimCLR's exclusion.
+Lars adapts only groups with weight_decay > 0, which gives exactly SimCLR's exclusion. Scalar (0-d) parameters —
+an objective's own constants, like binary NCE's log-scale and bias or a VAE's log σ — are not the network's: Adam
+trains them at ``optim.scalar_lr`` (SigLIP's way) on the same warmup + cosine, with no decay, whatever the network's
+optimiser. Under LARS's raw rate a log-scale whose gradient carries the factor t = e^t' and the k negatives runs off
+to −∞ in a few dozen steps; an SGD rate small enough at one (B, k) is too large at another, Adam's step is not.
 """
 
 from __future__ import annotations
@@ -31,18 +35,35 @@ def default_weight_decay(cfg: OptimConfig) -> float:
     return 1e-6 if cfg.name == "lars" else 0.05
 
 
+def _as_list(modules: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
+    return [modules] if isinstance(modules, nn.Module) else list(modules)
+
+
+def _groups(modules: nn.Module | Iterable[nn.Module], weight_decay: float) -> list[dict]:
+    """timm's decay / no-decay groups of ``modules``, without empty groups and without 0-d parameters."""
+    groups = [g for m in _as_list(modules) for g in param_groups_weight_decay(m, weight_decay=weight_decay)]
+    groups = [{**g, "params": [p for p in g["params"] if p.ndim > 0]} for g in groups]
+    return [g for g in groups if g["params"]]
+
+
+def scalar_parameters(modules: nn.Module | Iterable[nn.Module]) -> list[nn.Parameter]:
+    return [p for m in _as_list(modules) for p in m.parameters() if p.requires_grad and p.ndim == 0]
+
+
 def build_optimizer(modules: nn.Module | Iterable[nn.Module], cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
-    """LARS or AdamW over ``modules`` with no decay (and no LARS adaptation) on 1-D params."""
-    mods = [modules] if isinstance(modules, nn.Module) else list(modules)
-    wd = default_weight_decay(cfg)
-    groups: list[dict] = []
-    for m in mods:
-        groups += param_groups_weight_decay(m, weight_decay=wd)
-    groups = [g for g in groups if g["params"]]
+    """LARS or AdamW over the parameters of ``modules`` that have a dimension; no decay (and no LARS adaptation) on
+    1-D ones."""
+    groups = _groups(modules, default_weight_decay(cfg))
     lr = base_lr(cfg, global_batch)
     if cfg.name == "lars":
         return Lars(groups, lr=lr, momentum=cfg.momentum, trust_coeff=0.001)
     return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+
+
+def build_scalar_optimizer(modules: nn.Module | Iterable[nn.Module], cfg: OptimConfig) -> torch.optim.Optimizer | None:
+    """Adam at ``cfg.scalar_lr``, no decay, over the 0-d parameters of ``modules``; None if there are none."""
+    scalars = scalar_parameters(modules)
+    return torch.optim.Adam(scalars, lr=cfg.scalar_lr) if scalars else None
 
 
 class WarmupCosine:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from pretrain.config import RunConfig
-from pretrain.optim import WarmupCosine, build_optimizer
+from pretrain.optim import WarmupCosine, build_optimizer, build_scalar_optimizer
 
 Wrap = Callable[[nn.Module], nn.Module]
 
@@ -70,12 +70,29 @@ class PretrainMethod(nn.Module):
             object.__setattr__(self, attribute, wrap(getattr(self, network)))
 
     def build_optimizers(self, total_steps: int) -> tuple[dict[str, torch.optim.Optimizer], dict[str, Any]]:
-        """(optimisers, schedulers) by name. Default: the ``optim`` section's optimiser over ``self.net`` with warmup +
-        cosine, both named ``optimizer_name``."""
+        """(optimisers, schedulers) by name. Default: the ``optim`` section's optimiser over ``self.net``, named
+        ``optimizer_name``, and Adam over its 0-d parameters (``optimizer_name``_scalars) if any; each with warmup +
+        cosine."""
         o = self.cfg.optim
-        opt = build_optimizer(self.net, o, self.cfg.batch_size)
-        name = self.optimizer_name
-        return {name: opt}, {name: WarmupCosine(opt, total_steps, o.warmup_fraction, o.min_lr_ratio)}
+        optimizers = {self.optimizer_name: build_optimizer(self.net, o, self.cfg.batch_size)}
+        scalars = build_scalar_optimizer(self.net, o)
+        if scalars is not None:
+            optimizers[f"{self.optimizer_name}_scalars"] = scalars
+        return optimizers, {k: WarmupCosine(opt, total_steps, o.warmup_fraction, o.min_lr_ratio)
+                            for k, opt in optimizers.items()}
+
+    def zero_grad_all(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def step_all(self, loss: torch.Tensor) -> None:
+        """Backward of the (fp16: scaled) ``loss``, a step of every optimiser, the scaler's update, every schedule."""
+        self.scaler.scale(loss).backward()
+        for opt in self.optimizers.values():
+            self.scaler.step(opt)
+        self.scaler.update()
+        for sched in self.schedulers.values():
+            sched.step()
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         raise NotImplementedError

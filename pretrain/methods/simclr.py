@@ -59,15 +59,11 @@ class SimCLR(PretrainMethod):
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         views = batch["views"]
-        opt = self.optimizers["main"]
-        opt.zero_grad(set_to_none=True)
+        self.zero_grad_all()
         with autocast_context(self.cfg.precision, self.device):
             loss = self._train_net(views, views.shape[0] // self.num_views, batch.get("local_views"))
-        self.scaler.scale(loss).backward()
-        self.scaler.step(opt)
-        self.scaler.update()
-        self.schedulers["main"].step()
-        return {"loss": loss.detach(), "lr": opt.param_groups[0]["lr"]}
+        self.step_all(loss)
+        return {"loss": loss.detach(), "lr": self.optimizers["main"].param_groups[0]["lr"]}
 
     @torch.no_grad()
     def represent(self, images: torch.Tensor) -> torch.Tensor:

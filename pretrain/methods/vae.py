@@ -91,19 +91,15 @@ class VAE(PretrainMethod):
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         x01 = to_unit_range(batch["views"])
         self._last_images = x01[:32].detach()
-        opt = self.optimizers["vae"]
-        opt.zero_grad(set_to_none=True)
+        self.zero_grad_all()
         eps = self.sample_noise(x01.shape[0], self.cfg.vae.latent_dim)
         with autocast_context(self.cfg.precision, self.device):
             recon, kl = self._train_net(x01, eps)
         recon, kl = recon.mean(), kl.mean()
         loss = recon + self.cfg.vae.beta * kl
-        self.scaler.scale(loss).backward()
-        self.scaler.step(opt)
-        self.scaler.update()
-        self.schedulers["vae"].step()
+        self.step_all(loss)
         out = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(),
-               "lr": opt.param_groups[0]["lr"]}
+               "lr": self.optimizers["vae"].param_groups[0]["lr"]}
         if self.net.learn_sigma:
             out["sigma"] = self.net.log_sigma.detach().exp()
         return out
