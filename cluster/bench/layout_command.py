@@ -19,14 +19,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true",
                    help="also bf16 NHWC with the training networks under torch.compile (compile time excluded)")
+    p.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
+                   help="torch.compile's backend for --compile (inductor: generated C++; aot_eager: no code generation)")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.set_defaults(func=run)
 
 
 def images_per_s(items: list[str], precision: str, channels_last: bool, batch: int | None, steps: int,
-                 compiled: bool = False) -> float:
+                 compiled: bool = False, backend: str = "inductor") -> float:
     """Steady images/s of ``method.train_step`` on random uint8 views, laid out as the Trainer lays them out;
-    ``compiled``: each training network under ``torch.compile`` (its compilation happens in the warm-up steps)."""
+    ``compiled``: each training network under ``torch.compile(backend=backend)`` (compiled in the warm-up steps)."""
     import torch
 
     from cluster.commands.pretrain import split_items
@@ -45,7 +47,7 @@ def images_per_s(items: list[str], precision: str, channels_last: bool, batch: i
     method = build_method(cfg).to(cpu, memory_format=fmt)
     if compiled:
         for network in type(method).wrapped.values():
-            getattr(method, network).compile()
+            getattr(method, network).compile(backend=backend)
     method.configure(steps + 2, cpu, ddp_wrapper(cpu))
     method.train()
     g = torch.Generator().manual_seed(0)
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     rows = {f"{p}_{'nhwc' if cl else 'nchw'}": images_per_s(args.items, p, cl, args.batch, args.steps)
             for p, cl in SETTINGS}
     if args.compile:
-        rows["bf16_nhwc_compiled"] = images_per_s(args.items, "bf16", True, args.batch, args.steps, compiled=True)
+        rows["bf16_nhwc_compiled"] = images_per_s(args.items, "bf16", True, args.batch, args.steps, compiled=True,
+                                                  backend=args.compile_backend)
     base = rows["fp32_nchw"]
     out = {"bench": "layout", "config": (args.items or ["default"])[0], "threads": args.threads,
            **{f"{k}_images_per_s": round(v, 1) for k, v in rows.items()},
