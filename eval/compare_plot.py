@@ -1,5 +1,5 @@
 """Runs side by side as a figure: probe and kNN top-1 against one column of `bigbatch compare` (a config key,
-the batch, the wall time), one line per value of another (the loss)."""
+the batch, the wall time), one line per value of another (the loss) or of several (``by`` = "loss,optim.name")."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ from eval.figures import numeric, save_figure
 METRICS = (("probe_top1", "probe top-1 (%)"), ("knn_top1", "kNN top-1 (%)"))
 
 
+def group_of(row: dict[str, Any], by: str) -> str:
+    """The row's value of ``by``, or of each comma-separated key of it joined by " / "."""
+    return " / ".join(str(row.get(k)) for k in by.split(","))
+
+
 def series(rows: list[dict[str, Any]], x: str, by: str, metric: str) -> dict[str, list[tuple[Any, float]]]:
     """{str(by value): [(x, metric), …]} over the rows that have the metric, sorted by x when x is numeric; groups in
     order of appearance."""
     out: dict[str, list[tuple[Any, float]]] = {}
     for r in rows:
         if isinstance(r.get(metric), (int, float)):
-            out.setdefault(str(r.get(by)), []).append((r.get(x), r[metric]))
+            out.setdefault(group_of(r, by), []).append((r.get(x), r[metric]))
     by_x = numeric([r.get(x) for r in rows])
     return {g: sorted(pts, key=lambda p: p[0]) if by_x else pts for g, pts in out.items()}
 
@@ -53,7 +58,7 @@ def plot_curves(rows: list[dict[str, Any]], curves: list[list[dict[str, Any]]], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = list(dict.fromkeys(str(r.get(by)) for r in rows))
+    groups = list(dict.fromkeys(group_of(r, by) for r in rows))
     xs = list(dict.fromkeys(str(r.get(x)) for r in rows))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "os^Dv<>p*h"
@@ -63,7 +68,7 @@ def plot_curves(rows: list[dict[str, Any]], curves: list[list[dict[str, Any]]], 
             pts = [p for p in points if isinstance(p.get(metric), (int, float))]
             if not pts:
                 continue
-            g, v = str(r.get(by)), str(r.get(x))
+            g, v = group_of(r, by), str(r.get(x))
             ax.plot([p["time_s"] / 60 for p in pts], [100 * p[metric] for p in pts], "-",
                     color=colours[groups.index(g) % len(colours)], marker=markers[xs.index(v) % len(markers)],
                     label=f"{by}={g}, {x}={v}", alpha=0.85)

@@ -142,6 +142,11 @@ def test_probe_report_compare_on_a_real_run(tmp_path, digits_shards, capsys):
     assert [r["loss.num_negatives"] for r in json.loads(capsys.readouterr().out)] == [None, 8]  # ranking has none
     assert main(["compare", str(run_dir), "--key", "loss.num_negatives"]) == 2  # in none of the runs: a mistake
     assert "loss.num_negatives: not a config key of any of these runs" in capsys.readouterr().err
+    both = tmp_path / "both.png"  # a line per (loss, optimiser): the keys of --by are read from each run's config
+    assert main(["compare", str(run_dir), str(binary), "--plot", str(both), "--by", "loss,optim.name", "--json"]) == 0
+    assert [(r["loss"], r["optim.name"]) for r in json.loads(capsys.readouterr().out)] == [("ranking", "lars"),
+                                                                                            ("binary", "lars")]
+    assert both.stat().st_size > 5000
 
 
 def test_compare_plot_draws_a_line_per_group(tmp_path):
@@ -155,6 +160,11 @@ def test_compare_plot_draws_a_line_per_group(tmp_path):
     rows.append({"loss": "spectral", "batch": 256, "probe_top1": None, "knn_top1": None})  # failed: left out
     assert series(rows[::-1], "batch", "loss", "probe_top1") == {  # sorted by x, the failed run left out
         "binary": [(256, 0.5), (1024, 0.52), (4096, 0.47)], "ranking": [(256, 0.6), (1024, 0.62), (4096, 0.57)]}
+    for r in rows:
+        r["optim.name"] = "adamw" if r["loss"] == "binary" and r["batch"] > 256 else "lars"
+    assert series(rows, "batch", "loss,optim.name", "probe_top1") == {  # a line per combination of several keys
+        "ranking / lars": [(256, 0.6), (1024, 0.62), (4096, 0.57)], "binary / lars": [(256, 0.5)],
+        "binary / adamw": [(1024, 0.52), (4096, 0.47)]}
     path = plot_runs(rows, "batch", "loss", tmp_path / "p.png", title="t")
     assert matplotlib.image.imread(path).shape[1] == int(9 * 110)
 

@@ -18,14 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default batch)")
     p.add_argument("--plot-time", metavar="PNG", help="write each run's probe curve (`bigbatch probe RUN "
                    "--every-checkpoint`) against wall time, coloured by --by, marked by --x")
-    p.add_argument("--by", default="loss", help="one line per value of this column or config key (default loss)")
+    p.add_argument("--by", default="loss", help="one line per value of this column or config key, or per combination "
+                   "of several: --by loss,optim.name (default loss)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from eval.compare import rows_of, table
 
-    keys = tuple(dict.fromkeys([*args.key, *((args.x, args.by) if args.plot or args.plot_time else ())]))
+    keys = tuple(dict.fromkeys([*args.key, *((args.x, *args.by.split(",")) if args.plot or args.plot_time else ())]))
     rows = rows_of(args.runs, keys)
     curves = None
     if args.plot_time:
