@@ -83,7 +83,8 @@ class BinaryLoss(Strict):
     init_logit_scale: float = Field(math.log(10.0), description="initial t' of the learnable scale t = exp(t') "
                                     "(SigLIP: log 10)")
     init_bias: float | None = Field(None, description="initial learnable bias b; None: -log k (the prior log-odds of "
-                                    "a positive among k negatives), -10 for all_pairs (SigLIP)")
+                                    "a positive among k negatives), -10 for all_pairs (SigLIP); -10 also trains the shifted form "
+                                    "under LARS at B >= 1024, where -log k stalls (docs/loss_quality.md)")
 
     @model_validator(mode="after")
     def _negatives(self) -> BinaryLoss:
