@@ -22,6 +22,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR_ARCHIVE = Path(os.environ.get("BIGBATCH_CIFAR_ARCHIVE", SHARED_DATA / "cifar10-train.tar.gz"))
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Ray Train's controller polls its workers every 2 s, so a run's end (or a killed worker) is seen up to 2 s late; the
+# suite's ~40 tiny runs poll every 0.2 s (inherited by every Ray process the tests start, subprocesses included).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def unpack_cifar(dest: Path, per_class: int) -> Path:
