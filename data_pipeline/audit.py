@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.badinput import KINDS
-from data_pipeline.decode import UndecodableImage, decode, image_member
 from data_pipeline.manifest import (
     ManifestMismatch,
     mismatch_message,
@@ -22,12 +21,14 @@ from data_pipeline.manifest import (
     sample_label,
     sha256_file,
 )
-from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
 
 
 def inspect_shards(source: Any, decode_images: bool = True) -> dict[str, Any]:
     """Per-class counts, bad samples by kind (with examples), image sizes seen, manifest and checksum mismatches."""
-    manifest = resolve_shards(source)
+    manifest = resolve_shards(source)  # a wrong path fails here, before the decoder's torch import (seconds)
+    from data_pipeline.decode import UndecodableImage, decode, image_member
+    from data_pipeline.tario import TruncatedShard, UnreadableShard, iter_grouped
+
     per_class: Counter[str] = Counter()
     bad: Counter[str] = Counter(dict.fromkeys(KINDS, 0))
     examples: list[str] = []
