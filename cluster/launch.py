@@ -93,7 +93,7 @@ def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: b
         new = watcher.new(force=final)
         # A checkpoint is listed once its state.pt is in storage, maybe while Ray still copies its PNGs: every
         # arrival and the end collect the PNGs of all listed checkpoints (copying those missing or of another size).
-        for ckpt in watcher.present() if (new or final) else ():
+        for ckpt in watcher.listed if (new or final) else ():
             collect_artifacts(store, ckpt, run_dir.local)
         for ckpt in new:
             if periodic:

@@ -62,7 +62,7 @@ class CheckpointWatcher:
 
     def __init__(self, store: Any, interval: float = 0.0) -> None:
         self.store, self.interval = store, interval
-        self.listed: list[str] = store.checkpoints() if store.exists() else []
+        self.listed: list[str] = store.checkpoints() if store.exists() else []  # the last listing, oldest first
         self.seen: set[str] = set(self.listed)
         self.last = 0.0
 
@@ -75,7 +75,3 @@ class CheckpointWatcher:
         fresh = [c for c in self.listed if c not in self.seen]
         self.seen.update(fresh)
         return fresh
-
-    def present(self) -> list[str]:
-        """The checkpoints of the last listing, oldest first."""
-        return list(self.listed)
