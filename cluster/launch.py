@@ -19,6 +19,7 @@ from typing import Any
 
 from cluster.artifacts import collect_artifacts
 from cluster.monitor import CheckpointWatcher, ProgressMonitor, fit_while_polling
+from cluster.preflight import check_data
 from cluster.probing import ProbeTasks, probe_sources
 from cluster.ray_connect import connect_ray, embedded_cpus
 from cluster.run_dir import RunDir, default_name, prepare_run_dir
@@ -126,23 +127,6 @@ def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: b
         raise error
     summary["checkpoint"] = _final_checkpoint(outcome.result, run_dir)
     return summary, probes
-
-
-def check_data(cfg: RunConfig, probe: bool) -> None:
-    """Read the manifests of the training (and probe) shards before Ray starts: a wrong path fails now, naming it.
-    The built-in digits are written here once, before workers race for them. On an existing cluster the workers'
-    files may not be visible here: they check them themselves (a missing file ends the run at once)."""
-    from data_pipeline.stream import load_source
-
-    if cfg.cluster.address:
-        if cfg.data.train == "digits":
-            load_source("digits")
-        return
-    sources = [cfg.data.train]
-    if probe:
-        sources += probe_sources(cfg) or ()
-    for source in dict.fromkeys(sources):
-        load_source(source)
 
 
 def _final_checkpoint(result: Any, run_dir: RunDir) -> str:

@@ -90,8 +90,11 @@ def _check_encoder(cfg: RunConfig, source: str) -> None:
                           f"{cfg.model.encoder!r}{hint}")
 
 
-def load_run_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_run_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                    check_data: bool = False) -> RunConfig:
     """The validated config: CONFIG (a preset name or YAML file; default: the default preset) ← KEY=VALUE overrides.
+    ``check_data``: also read the training and probe shards' manifests (cluster/preflight.py) before the encoder
+    check, whose timm import is the slow part: a wrong data path is then answered in a second.
 
     An override of ``steps`` replaces the file's ``epochs`` and vice versa (both in one source are an error); an
     override of ``method`` (``loss.name``) drops the file's sections (loss settings) that the new one does not use."""
@@ -130,6 +133,10 @@ def load_run_config(config: str | None = None, overrides: list[str] | tuple[str,
         cfg = RunConfig.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+    if check_data:
+        from cluster.preflight import check_data as read_manifests
+
+        read_manifests(cfg, cfg.eval.probe)
     _check_encoder(cfg, source)
     return cfg
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.builtin import resolve_builtin
 from data_pipeline.errors import UserInputError
 
 FORMAT = "bigbatch-shards/1"
@@ -208,6 +209,24 @@ def resolve_shards(source: str | Path | list[str] | Manifest) -> Manifest:
         raise UserInputError(f"{source!r}: no shard URLs")
     return _counted(urls, name="shards", source=str(source))
 
+
+_MANIFESTS: dict[str, Manifest] = {}
+
+
+def load_source(source: Any) -> Manifest:
+    """The manifest of a stream source (a built-in name, directory, URL, pattern or list), resolved once per process;
+    a local manifest.json that was rewritten since is read again."""
+    if isinstance(source, Manifest):
+        return source
+    source = resolve_builtin(source)
+    key = repr(source)
+    local = Path(str(source)) / MANIFEST if isinstance(source, str | Path) else None
+    if local is not None and local.exists():
+        st = local.stat()
+        key += f"@{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+    if key not in _MANIFESTS:
+        _MANIFESTS[key] = resolve_shards(source)
+    return _MANIFESTS[key]
 
 def _counted(urls: list[str], name: str, source: str) -> Manifest:
     """Count every shard's samples from its tar headers (see the module docstring for shards that fail)."""

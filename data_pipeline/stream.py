@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +32,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipeline.badinput import BadInputCounter, BadInputError, empty_stats, merge_stats
-from data_pipeline.builtin import resolve_builtin
 from data_pipeline.decode import UndecodableImage, decode, decode_reduced, image_member, image_size
 from data_pipeline.errors import UserInputError
 from data_pipeline.manifest import (
@@ -41,8 +39,8 @@ from data_pipeline.manifest import (
     Manifest,
     ManifestMismatch,
     check_sizes,
+    load_source,
     mismatch_message,
-    resolve_shards,
     sample_label,
 )
 from data_pipeline.plan import DEFAULT_LANES, EpochPlan, Lane, Segment, WorkerPlan, lane_order, make_plan
@@ -91,24 +89,6 @@ class StreamSpec:
     @property
     def local_recipe(self) -> ViewRecipe:
         return ViewRecipe(size=self.local_size, scale=self.local_scale, blur=self.blur)
-
-
-_MANIFESTS: dict[str, Manifest] = {}
-
-
-def load_source(source: Any) -> Manifest:
-    """Resolve (and cache per process) the manifest of a stream source."""
-    if isinstance(source, Manifest):
-        return source
-    source = resolve_builtin(source)
-    key = repr(source)
-    local = Path(str(source)) / "manifest.json" if isinstance(source, str | Path) else None
-    if local is not None and local.exists():
-        st = local.stat()
-        key += f"@{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"  # a rewritten local manifest is read again
-    if key not in _MANIFESTS:
-        _MANIFESTS[key] = resolve_shards(source)
-    return _MANIFESTS[key]
 
 
 def plan_for(spec: StreamSpec, manifest: Manifest, world_size: int, epoch: int) -> EpochPlan:

@@ -42,6 +42,13 @@ def local_path(path: str | Path) -> Path:
     return Path(str(path).removeprefix("file://")).expanduser().resolve()
 
 
+def require_local(path: str | Path) -> None:
+    """A local path (or file:// URL) that does not exist raises UserInputError naming it; URLs are checked by
+    their readers. Commands call it before their torch import, so a mistyped path is answered at once."""
+    if not is_url(path) and not local_path(path).exists():
+        raise UserInputError(f"{path}: no such file or directory")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a run file through a hidden temp file + rename: readers (and the mirror) see the old or the new file."""
     path = Path(path)

@@ -183,6 +183,24 @@ def test_version_and_help_without_torch_or_ray():
     assert v.returncode == 0 and v.stdout.strip() == f"bigbatch {version('bigbatch')}"
 
 
+def test_a_mistyped_path_is_answered_before_torch_is_imported(tmp_path):
+    """Every command that takes a path checks it before its torch/timm import: exit 2, the path named, no torch."""
+    missing = str(tmp_path / "no-such")
+    cmds = [["probe", missing, "--train", "digits", "--test", "digits-holdout"],
+            ["probe", "--baseline", "pixels", "--image-size", "8", "--train", missing, "--test", "digits-holdout"],
+            ["export", missing, "--out", str(tmp_path / "out")],
+            ["shards", "write", missing, str(tmp_path / "shards")], ["shards", "inspect", missing],
+            ["shards", "plan", missing], ["pretrain", f"data.train={missing}"], ["compare", missing]]
+    code = ("import sys\n"
+            "from cluster.cli import main\n"
+            f"for cmd in {cmds!r}:\n"
+            "    print(main(cmd), 'torch' in sys.modules, flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[:-1] == ["2 False"] * len(cmds), out.stdout + out.stderr[-2000:]
+    lines = out.stderr.splitlines()
+    assert len(lines) == len(cmds) and all(missing in line for line in lines), out.stderr
+
+
 def test_license_is_apache_2_as_pyproject_says():
     root = Path(__file__).resolve().parents[1]
     text = (root / "LICENSE").read_text()

@@ -148,7 +148,7 @@ def test_export_cli(runs, tmp_path, capsys):
     assert "load_encoder" in capsys.readouterr().out
     mistakes = [
         (["export", str(runs["convnet"]), "--out", str(out)], "directory is not empty (use --force"),
-        (["export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "o")], "no bigbatch checkpoint found"),
+        (["export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "o")], "no such file or directory"),
         (["export", str(runs["convnet"]), "--out", str(out / "config.json")], "exists and is not a directory"),
     ]
     for argv, message in mistakes:

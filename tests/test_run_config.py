@@ -67,7 +67,7 @@ def test_cli_fails_before_ray_starts(tmp_path):
     out = _cli_without_ray(["pretrain", str(bad)])
     assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr[-2000:]
     assert "model.widht: unknown key" in out.stderr and str(bad) in out.stderr
-    out = _cli_without_ray(["pretrain", f"data.train={tmp_path / 'missing'}", f"cluster.storage_path={tmp_path}",
+    out = _cli_without_ray(["pretrain", "data.train=digits", f"cluster.storage_path={tmp_path}",
                             "model.encoder=nosuchnet"])
     assert out.stdout.split() == ["2", "False"] and "unknown encoder 'nosuchnet'" in out.stderr, out.stderr[-2000:]
     out = _cli_without_ray(["pretrain", f"data.train={tmp_path / 'missing'}", f"cluster.storage_path={tmp_path}"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,14 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from data_pipeline.errors import UserInputError
+    from pretrain.run_store import require_local
+
+    require_local(args.run)  # before the torch import: a mistyped path is answered at once
     from pretrain.export import CONFIG, export_encoder
 
-    try:
-        out = export_encoder(args.run, args.out, with_projection=args.with_projection, force=args.force)
-    except UserInputError as exc:
-        print(f"bigbatch export: {exc}", file=sys.stderr)
-        return 2
+    out = export_encoder(args.run, args.out, with_projection=args.with_projection, force=args.force)
     cfg = json.loads((out / CONFIG).read_text())
     section = cfg["bigbatch"]
     dim = section["heads"]["mu"]["out_features"] if "mu" in section["heads"] else cfg["num_features"]

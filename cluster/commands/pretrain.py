@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from cluster.run_config import dump_yaml, load_run_config
 
     config, overrides = split_items(args.items)
-    cfg = load_run_config(config, overrides + cli_overrides(args))
+    cfg = load_run_config(config, overrides + cli_overrides(args), check_data=not args.print_config)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0

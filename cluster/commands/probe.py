@@ -35,6 +35,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("give a checkpoint/run directory, or --baseline")
     if args.checkpoint is None and args.image_size is None:
         raise UserInputError("--image-size is needed without a checkpoint")
+    from data_pipeline.manifest import load_source
+    from pretrain.run_store import require_local
+
+    if args.checkpoint is not None:
+        require_local(args.checkpoint)
+    for shards in (args.train, args.test):  # wrong paths fail here, before the torch import
+        load_source(shards)
     import torch
 
     from eval.run_probe import probe_run

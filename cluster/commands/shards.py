@@ -55,9 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_write(args: argparse.Namespace) -> int:
+    from data_pipeline.sources import open_source
+
+    source = open_source(args.source)  # a wrong path fails here, before the decoder's torch import
     from data_pipeline.writer import write_shards
 
-    r = write_shards(args.source, args.out_dir, shard_size=args.shard_size, holdout=args.holdout,
+    r = write_shards(source, args.out_dir, shard_size=args.shard_size, holdout=args.holdout,
                      holdout_dir=args.holdout_dir, seed=args.seed, name=args.name,
                      max_shard_bytes=int(args.max_shard_mb * 2**20), verify=args.verify, strict=args.strict)
     m = r.train
@@ -107,9 +110,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     from data_pipeline.errors import UserInputError
-    from data_pipeline.manifest import check_sizes
+    from data_pipeline.manifest import check_sizes, load_source
     from data_pipeline.plan import DEFAULT_LANES, check_world_size, global_batches
-    from data_pipeline.stream import StreamSpec, load_source, plan_for
 
     if args.lanes is None:
         args.lanes = DEFAULT_LANES
@@ -123,11 +125,13 @@ def run_plan(args: argparse.Namespace) -> int:
             raise UserInputError(f"--world-size {args.world_size}: {exc}") from None
     elif args.batch_size % args.world_size:
         raise UserInputError(f"--batch-size {args.batch_size}: not divisible by --world-size {args.world_size}")
+    manifest = load_source(args.source)  # a wrong path fails here, before the stream's torch import
+    check_sizes(manifest)
+    from data_pipeline.stream import StreamSpec, plan_for
+
     spec = StreamSpec(source=args.source, batch_size=args.batch_size // args.world_size, num_workers=args.workers,
                       seed=args.seed, mode=args.mode, shuffle=not args.no_shuffle, equalize=not args.no_equalize,
                       lanes=args.lanes, shuffle_buffer=args.shuffle_buffer)
-    manifest = load_source(args.source)
-    check_sizes(manifest)
     plan = plan_for(spec, manifest, args.world_size, args.epoch)
     failed = [{"name": s.name, "readable": len(s.keys), "planned": s.samples, "failure": s.failure}
               for s in manifest.shards if s.failure]
