@@ -36,6 +36,7 @@ from pretrain.methods.base import PretrainMethod
 from pretrain.precision import configure_backends
 
 WriteCheckpoint = Callable[[Path], None]
+BUDGET_CHECK_S = 10.0  # the longest a run goes between checks of its time budget (each one a broadcast + sync)
 
 
 class TrainerHooks(Protocol):
@@ -124,7 +125,7 @@ class Trainer:
         self.method.configure(self.total_steps, device, ddp_wrapper(device))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.train_seconds = 0.0  # training time of earlier attempts, up to the checkpoint resumed from
-        self._fit_t0 = time.perf_counter()
+        self._fit_t0, self._fit_step0, self._next_budget_check = time.perf_counter(), 0, 0
 
     def _loader(self, epoch: int, start_batch: int):
         return make_loader(self.spec, rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
@@ -163,15 +164,21 @@ class Trainer:
 
     def _budget_spent(self) -> bool:
         """True once ``budget_minutes`` of training time passed. Rank 0's clock decides and broadcasts the decision,
-        so every rank leaves the loop after the same step (a rank waiting in a collective alone would hang DDP)."""
+        so every rank leaves the loop after the same step (a rank waiting in a collective alone would hang DDP).
+        Rank 0 also sets the step of the next check: at most ``BUDGET_CHECK_S`` of training later (from its mean
+        step time), sooner as the budget nears, so a run stops within about a step of its budget."""
         if self.cfg.budget_minutes is None:
             return False
-        spent = self._elapsed() >= 60.0 * self.cfg.budget_minutes
+        remaining = 60.0 * self.cfg.budget_minutes - self._elapsed()
+        done = self.step - self._fit_step0
+        per_step = (time.perf_counter() - self._fit_t0) / done if done else math.inf
+        gap = max(1, int(min(remaining, BUDGET_CHECK_S) / per_step)) if remaining > 0 else 1
+        decision = torch.tensor([float(remaining <= 0), float(gap)], device=self.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flag = torch.tensor([float(spent)], device=self.device)
-            dist.broadcast(flag, src=0)
-            spent = bool(flag.item())
-        return spent
+            dist.broadcast(decision, src=0)
+        spent, gap = decision.tolist()  # a host-device sync: once per check, not per step
+        self._next_budget_check = self.step + int(gap)
+        return bool(spent)
 
     def fit(self, resume_from: Path | None = None) -> dict[str, Any]:
         """Train from the current position (0, or what ``restore``/``resume_from`` set) to ``total_steps``, or until
@@ -180,7 +187,7 @@ class Trainer:
             self.restore(resume_from)
         self.method.train()
         cfg, last = self.cfg, {}
-        self._fit_t0 = time.perf_counter()
+        self._fit_t0, self._fit_step0 = time.perf_counter(), self.step
         if self._budget_spent():  # resumed after the budget ran out: the checkpoint resumed from is the final one
             last = {"step": self.step, "epoch": self.epoch, "total_steps": self.total_steps, "stop_reason": "budget"}
             self.hooks.log(dict(last))
@@ -206,8 +213,8 @@ class Trainer:
                 self.step += 1
                 self.batch_in_epoch += 1
                 window_steps += 1
-                # the budget is checked at log steps only: its broadcast is a host-device sync
-                stop = self.step < self.total_steps and self.step % cfg.log_every == 0 and self._budget_spent()
+                stop = (cfg.budget_minutes is not None and self.step < self.total_steps
+                        and self.step >= self._next_budget_check and self._budget_spent())
                 final = stop or self.step == self.total_steps
                 if self.step % cfg.log_every == 0 or final:
                     if self.device.type == "cuda":  # the window's kernels finish inside the window (log steps only)

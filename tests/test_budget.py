@@ -21,18 +21,19 @@ TINY = ["model.encoder=bb_convnet_tiny", "model.proj_hidden=64", "model.proj_dim
 
 
 def test_budget_stops_before_the_steps_with_a_final_checkpoint(tmp_path, digits_shards):
-    # The budget is checked at log steps: every 20 here (at 1000 the run trained 20 s past its 0.6-s budget).
+    # Checked between log steps, ever closer as the budget nears: the run stops within about a step of its 0.6 s
+    # (checked at log steps only, it trained to step 1,000 here: 20 s).
     cfg = load_run_config(None, [*TINY, f"data.train={digits_shards['train']}", "batch_size=32", "steps=100000",
-                                 "log_every=20", "checkpoint_every=1000", "cluster.workers=1",
+                                 "log_every=1000", "checkpoint_every=100000", "cluster.workers=1",
                                  "budget_minutes=0.01"])
     trainer, hooks = run_single_process(cfg, tmp_path)
     last = hooks.logs[-1]
-    assert last["stop_reason"] == "budget" and 1 <= last["step"] == trainer.step < 100000
+    assert last["stop_reason"] == "budget" and 1 <= last["step"] == trainer.step < 1000
     assert last["total_steps"] == 100000  # the schedule keeps its length: the budget truncated it
     ckpts = sorted((tmp_path / "checkpoints").glob("checkpoint_*"))
     assert ckpts[-1].name == f"checkpoint_{trainer.step:08d}"
     state, _ = load_checkpoint(ckpts[-1])
-    assert state["step"] == trainer.step and state["extra"]["train_seconds"] >= 0.6
+    assert state["step"] == trainer.step and 0.6 <= state["extra"]["train_seconds"] < 0.6 + 3.0
 
     # Rerunning the spent run resumes from its final checkpoint and trains no further.
     again, hooks2 = run_single_process(cfg, tmp_path)
