@@ -33,7 +33,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 default_cfgs = generate_default_cfgs({  # read by timm's register_model below
     **{f"bb_convnet_{size}": _cfg(first_conv="features.0", classifier="head")
-       for size in ("tiny", "small", "medium", "deep")},
+       for size in ("tiny", "small", "medium", "deep", "lean", "wide")},
     "bb_timm": _cfg(),
 })
 
@@ -85,7 +85,7 @@ def _convnet(variant: str, pretrained: bool, **kwargs: Any) -> ConvNet:
 
 @register_model
 def bb_convnet_tiny(pretrained: bool = False, **kwargs: object) -> ConvNet:
-    """~0.1 M parameters: widths 16-32-64."""
+    """~0.07 M parameters: widths 16-32-64."""
     return _convnet("bb_convnet_tiny", pretrained, widths=(16, 32, 64), **kwargs)
 
 
@@ -106,6 +106,18 @@ def bb_convnet_deep(pretrained: bool = False, **kwargs: object) -> ConvNet:
     """~1.2 M parameters: four stages 32-64-128-256 (32 → 4 px), 256-d features; the extra stage runs at 4×4 px, so
     it adds parameters at little compute (measured: docs/results.md)."""
     return _convnet("bb_convnet_deep", pretrained, widths=(32, 64, 128, 256), **kwargs)
+
+
+@register_model
+def bb_convnet_lean(pretrained: bool = False, **kwargs: object) -> ConvNet:
+    """~1.2 M parameters: bb_convnet_deep with a 16-wide first stage (16-64-128-256), the stage that costs most."""
+    return _convnet("bb_convnet_lean", pretrained, widths=(16, 64, 128, 256), **kwargs)
+
+
+@register_model
+def bb_convnet_wide(pretrained: bool = False, **kwargs: object) -> ConvNet:
+    """~2.0 M parameters: 16-64-128-384, 384-d features at about bb_convnet_deep's cost per image."""
+    return _convnet("bb_convnet_wide", pretrained, widths=(16, 64, 128, 384), **kwargs)
 
 
 def _small_stem(model: nn.Module) -> nn.Module:
