@@ -61,12 +61,23 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def image_folder(root: str | Path) -> Source:
-    """``root/CLASS/NAME.ext``: classes are the sorted sub-directories; bytes are read as stored."""
-    root = Path(root)
+def check_source(spec: str) -> None:
+    """A source spec that names a local path which is not a directory raises UserInputError naming it (cheap: no
+    listing, no import), so a command can answer a mistyped path before its heavy imports."""
+    if spec != "digits" and not spec.startswith("torchvision:"):
+        _check_folder(Path(spec))
+
+
+def _check_folder(root: Path) -> None:
     if not root.is_dir():
         raise UserInputError(f"{root}: {'not a directory' if root.exists() else 'no such directory'} "
                              "(expected an image folder ROOT/CLASS/NAME.jpg, 'digits' or torchvision:NAME:ROOT)")
+
+
+def image_folder(root: str | Path) -> Source:
+    """``root/CLASS/NAME.ext``: classes are the sorted sub-directories; bytes are read as stored."""
+    root = Path(root)
+    _check_folder(root)
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     classes = [p.name for p in entries if p.is_dir()]
     if not classes:

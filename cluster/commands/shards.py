@@ -55,12 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_write(args: argparse.Namespace) -> int:
-    from data_pipeline.sources import open_source
+    from data_pipeline.sources import check_source
 
-    source = open_source(args.source)  # a wrong path fails here, before the decoder's torch import
+    check_source(args.source)  # a wrong path fails here, before the decoder's torch import
     from data_pipeline.writer import write_shards
 
-    r = write_shards(source, args.out_dir, shard_size=args.shard_size, holdout=args.holdout,
+    r = write_shards(args.source, args.out_dir, shard_size=args.shard_size, holdout=args.holdout,
                      holdout_dir=args.holdout_dir, seed=args.seed, name=args.name,
                      max_shard_bytes=int(args.max_shard_mb * 2**20), verify=args.verify, strict=args.strict)
     m = r.train
