@@ -221,10 +221,14 @@ class RunConfig(Strict):
     batch_size: int = Field(256, ge=2, description="global batch (images) across all workers")
     steps: int | None = Field(None, ge=1, description="optimiser steps; None: from epochs")
     epochs: float | None = Field(None, gt=0)
-    budget_minutes: float | None = Field(None, gt=0, description="wall-clock budget of training: stop at the first "
-                                         "log step after it (final checkpoint, then the probe). Counts training "
-                                         "time after start-up, summed over resumed attempts. The lr schedule keeps "
-                                         "the steps/epochs length: a budget that ends first truncates it")
+    budget_minutes: float | None = Field(None, gt=0, description="wall-clock budget of training: stop within about "
+                                         "a step after it (final checkpoint, then the probe). Counts training "
+                                         "time after start-up, summed over resumed attempts")
+    schedule_by: Literal["steps", "budget"] = Field("steps", description="what the lr's warmup + cosine run over: "
+                                                    "steps (the steps/epochs length; a budget that ends first "
+                                                    "truncates it) or budget (the fraction of budget_minutes spent, "
+                                                    "or of the steps if they end first: the whole budget is used "
+                                                    "at any machine speed)")
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = Field(True, description="NHWC weights and images for conv nets: oneDNN (CPU) and tensor "
@@ -319,6 +323,8 @@ class RunConfig(Strict):
             raise ValueError(f"steps={self.steps} and epochs={self.epochs}: give one of them")
         if self.steps is None and self.epochs is None:
             self.steps = 200
+        if self.schedule_by == "budget" and self.budget_minutes is None:
+            raise ValueError("schedule_by=budget: give budget_minutes (the time the schedule runs over)")
         return self
 
     @property

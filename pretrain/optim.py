@@ -10,7 +10,7 @@ to −∞ in a few dozen steps; an SGD rate small enough at one (B, k) is too la
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from timm.optim import Lars, param_groups_weight_decay
@@ -67,7 +67,10 @@ def build_scalar_optimizer(modules: nn.Module | Iterable[nn.Module], cfg: OptimC
 
 
 class WarmupCosine:
-    """Per-step linear warmup then cosine decay to ``min_lr_ratio``·lr (timm's CosineLRScheduler, stepped by update)."""
+    """Per-step linear warmup then cosine decay to ``min_lr_ratio``·lr (timm's CosineLRScheduler, stepped by update).
+
+    ``clock`` (optional) maps the update count to the schedule's position in steps of a ``total_steps``-long
+    schedule (a float): the trainer's budget clock, which runs the schedule over training time instead."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.1,
                  min_lr_ratio: float = 0.0) -> None:
@@ -77,12 +80,19 @@ class WarmupCosine:
             optimizer, t_initial=max(1, total_steps - warmup), lr_min=lr0 * min_lr_ratio, warmup_t=warmup,
             warmup_lr_init=lr0 * 1e-3 if warmup else lr0, warmup_prefix=True, t_in_epochs=False,
         )
+        self.total_steps = total_steps
+        self.clock: Callable[[int], float] | None = None
         self.step_count = 0
-        self.inner.step_update(0)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Set the lr of the next update from the position of ``step_count`` (after the clock changed)."""
+        position = self.step_count if self.clock is None else self.clock(self.step_count)
+        self.inner.step_update(min(position, self.total_steps))
 
     def step(self) -> None:
         self.step_count += 1
-        self.inner.step_update(self.step_count)
+        self.refresh()
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "inner": self.inner.state_dict()}
@@ -90,4 +100,4 @@ class WarmupCosine:
     def load_state_dict(self, state: dict) -> None:
         self.step_count = state["step_count"]
         self.inner.load_state_dict(state["inner"])
-        self.inner.step_update(self.step_count)
+        self.refresh()

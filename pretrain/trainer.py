@@ -126,6 +126,11 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.train_seconds = 0.0  # training time of earlier attempts, up to the checkpoint resumed from
         self._fit_t0, self._fit_step0, self._next_budget_check = time.perf_counter(), 0, 0
+        self._budget_clock = (0, 0.0, 0.0)  # at the last check: (step, fraction of the budget spent, fraction per step)
+        self._position = 0.0  # schedule_by=budget: the lr schedule's position so far
+        if cfg.schedule_by == "budget":
+            for schedule in self.method.schedulers.values():
+                schedule.clock = self._schedule_position
 
     def _loader(self, epoch: int, start_batch: int):
         return make_loader(self.spec, rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
@@ -169,16 +174,32 @@ class Trainer:
         step time), sooner as the budget nears, so a run stops within about a step of its budget."""
         if self.cfg.budget_minutes is None:
             return False
-        remaining = 60.0 * self.cfg.budget_minutes - self._elapsed()
+        budget = 60.0 * self.cfg.budget_minutes
+        remaining = budget - self._elapsed()
         done = self.step - self._fit_step0
         per_step = (time.perf_counter() - self._fit_t0) / done if done else math.inf
         gap = max(1, int(min(remaining, BUDGET_CHECK_S) / per_step)) if remaining > 0 else 1
-        decision = torch.tensor([float(remaining <= 0), float(gap)], device=self.device)
+        at, before, _ = self._budget_clock  # the schedule's clock goes at the speed since the last check
+        rate = max(0.0, (1.0 - remaining / budget - before) / (self.step - at)) if self.step > at else 0.0
+        decision = torch.tensor([float(remaining <= 0), float(gap), 1.0 - remaining / budget, rate],
+                                dtype=torch.float64, device=self.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast(decision, src=0)
-        spent, gap = decision.tolist()  # a host-device sync: once per check, not per step
+        spent, gap, fraction, rate = decision.tolist()  # a host-device sync: once per check, not per step
         self._next_budget_check = self.step + int(gap)
+        self._budget_clock = (self.step, fraction, rate)
+        if self.cfg.schedule_by == "budget":
+            for schedule in self.method.schedulers.values():
+                schedule.refresh()
         return bool(spent)
+
+    def _schedule_position(self, step: int) -> float:
+        """schedule_by=budget: the lr schedule's position at ``step`` = total_steps · max(step / total_steps, f), f the
+        fraction of the budget spent, extrapolated from the last check at the speed since the check before (rank 0's
+        clock, broadcast, so every DDP rank steps with the same lr)."""
+        at, fraction, rate = self._budget_clock
+        self._position = max(self._position, float(step), (fraction + (step - at) * rate) * self.total_steps)
+        return self._position  # never back: a check that finds the extrapolation ahead holds the lr until time catches up
 
     def fit(self, resume_from: Path | None = None) -> dict[str, Any]:
         """Train from the current position (0, or what ``restore``/``resume_from`` set) to ``total_steps``, or until

@@ -14,6 +14,7 @@ from fixed_loader import FixedLoader
 
 from cluster.process_group import free_port
 from cluster.run_config import load_run_config
+from pretrain import trainer as trainer_module
 from pretrain.checkpoint import load_checkpoint
 from pretrain.trainer import LocalHooks, Trainer, run_single_process
 
@@ -41,6 +42,31 @@ def test_budget_stops_before_the_steps_with_a_final_checkpoint(tmp_path, digits_
         {"step": trainer.step, "epoch": trainer.epoch, "total_steps": 100000, "stop_reason": "budget"}]
 
 
+def test_schedule_by_budget_runs_the_cosine_over_the_time(tmp_path, digits_shards, monkeypatch):
+    # steps=100000 is only a cap: the lr warms up over the first 10 % of the 3-s budget and ends near zero when it
+    # runs out; by steps, the same budget stops the run in the warmup. Checks every 0.1 s: the 10 s of a real run
+    # scaled to a 3-s budget.
+    monkeypatch.setattr(trainer_module, "BUDGET_CHECK_S", 0.1)
+    common = [*TINY, f"data.train={digits_shards['train']}", "batch_size=32", "steps=100000", "log_every=1",
+              "checkpoint_every=100000", "cluster.workers=1", "budget_minutes=0.05", "optim.lr=0.5"]
+    by_budget = run_single_process(load_run_config(None, [*common, "schedule_by=budget"]), tmp_path / "budget")[1].logs
+    by_steps = run_single_process(load_run_config(None, common), tmp_path / "steps")[1].logs
+    lrs = [m["lr"] for m in by_budget]
+    peak = lrs.index(max(lrs))
+    assert by_budget[-1]["stop_reason"] == "budget" and 20 < len(lrs) < 100000
+    assert lrs[0] < 0.01 and max(lrs) > 0.45  # warmed up (over the first 10 % of the time, the loader's start too)
+    assert all(a >= b - 1e-9 for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False))  # then only down
+    half = next(i for i, lr in enumerate(lrs) if i > peak and lr < 0.25)
+    assert 0.3 < half / len(lrs) < 0.7  # at half the peak about half-way through: the steps take equal times
+    assert lrs[-1] < 0.05 * 0.5
+    assert by_steps[-1]["stop_reason"] == "budget" and max(m["lr"] for m in by_steps) < 0.05 * 0.5
+
+
+def test_schedule_by_budget_needs_a_budget():
+    with pytest.raises(ValueError, match="schedule_by=budget: give budget_minutes"):
+        load_run_config(None, [*TINY, "data.train=digits", "schedule_by=budget"])
+
+
 def test_no_budget_runs_all_steps(tmp_path, digits_shards):
     cfg = load_run_config(None, [*TINY, f"data.train={digits_shards['train']}", "batch_size=32", "steps=3",
                                  "log_every=2", "checkpoint_every=1000", "cluster.workers=1"])
@@ -56,7 +82,8 @@ def _rank(rank, port, out):
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=20))
     Trainer._loader = lambda self, epoch, start_batch: FixedLoader(self.rank, self.world_size, 16, STEPS)
     cfg = load_run_config(None, [*TINY, "model.norm=group", "data.train=fixed", "batch_size=16", f"steps={STEPS}",
-                                 "log_every=1", "checkpoint_every=1000", "cluster.workers=2", "budget_minutes=1"])
+                                 "log_every=1", "checkpoint_every=1000", "cluster.workers=2", "budget_minutes=1",
+                                 "schedule_by=budget"])
     hooks = LocalHooks(os.devnull)
     hooks.checkpoint = lambda write, metrics: out.put(("checkpoint", rank, metrics["step"]))
     trainer = Trainer(cfg, rank=rank, world_size=2, device=torch.device("cpu"), hooks=hooks)
@@ -64,7 +91,8 @@ def _rank(rank, port, out):
     # all-reduce and wait there for ever (here: the 20 s gloo timeout).
     trainer._elapsed = (lambda: 0.0 if trainer.step == 0 else 1e9) if rank == 0 else (lambda: 0.0)
     last = trainer.fit()
-    out.put(("done", rank, last["step"], last["stop_reason"]))
+    lr = trainer.method.optimizers["main"].param_groups[0]["lr"]  # schedule_by=budget: rank 0's clock for both
+    out.put(("done", rank, last["step"], last["stop_reason"], lr))
     dist.destroy_process_group()
 
 
@@ -81,4 +109,5 @@ def test_rank0_decides_for_every_rank():
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
     events = sorted(out.get(timeout=5) for _ in range(4))
-    assert events == [("checkpoint", 0, 1), ("checkpoint", 1, 1), ("done", 0, 1, "budget"), ("done", 1, 1, "budget")]
+    # the lr both ranks step with after the budget ran out: the schedule's end on rank 0's clock, not rank 1's warmup
+    assert events == [("checkpoint", 0, 1), ("checkpoint", 1, 1), ("done", 0, 1, "budget", 0.0), ("done", 1, 1, "budget", 0.0)]
