@@ -27,7 +27,7 @@ DEFAULT_STORAGE = Path(os.environ.get("BIGBATCH_RUNS", "~/bigbatch_runs")).expan
 # and stream position were made for (dotted prefixes).
 RESUME_CHECKED = ("method", "batch_size", "seed", "model", "loss", "optim", "vae", "gan", "data.train", "data.image_size",
                   "data.view_size", "data.lanes", "data.local_views", "data.local_size", "data.local_scale", "data.global_scale",
-                  "data.blur")
+                  "data.blur", "data.color_strength")
 
 
 @dataclass

@@ -68,6 +68,7 @@ class StreamSpec:
     image_size: int = 32
     blur: bool | None = None        # None: on above 32 px
     global_scale: tuple[float, float] = (0.08, 1.0)   # crop area range of the global views
+    color_strength: float = 1.0     # colour jitter strength s of every view (ViewRecipe.strength)
     local_views: int = 0            # multi-crop: local views per image (augment only)
     local_size: int = 16
     local_scale: tuple[float, float] = (0.05, 0.14)
@@ -84,11 +85,11 @@ class StreamSpec:
 
     @property
     def recipe(self) -> ViewRecipe:
-        return ViewRecipe(size=self.image_size, scale=self.global_scale, blur=self.blur)
+        return ViewRecipe(size=self.image_size, scale=self.global_scale, blur=self.blur, strength=self.color_strength)
 
     @property
     def local_recipe(self) -> ViewRecipe:
-        return ViewRecipe(size=self.local_size, scale=self.local_scale, blur=self.blur)
+        return ViewRecipe(size=self.local_size, scale=self.local_scale, blur=self.blur, strength=self.color_strength)
 
 
 def plan_for(spec: StreamSpec, manifest: Manifest, world_size: int, epoch: int) -> EpochPlan:

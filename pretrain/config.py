@@ -31,6 +31,9 @@ class DataConfig(Strict):
     blur: bool | None = Field(None, description="Gaussian blur in the view recipe; None: on above 32 px")
     global_scale: tuple[float, float] = Field((0.08, 1.0), description="crop area range (fraction of the image) "
                                               "of the global views")
+    color_strength: float = Field(1.0, ge=0.0, le=1.25, description="colour jitter strength s of every view: "
+                                  "brightness, contrast, saturation factors in [1 − 0.8s, 1 + 0.8s], hue shift "
+                                  "in [−0.2s, 0.2s] (SimCLR's s; its CIFAR-10 runs used 0.5)")
     local_views: int = Field(0, ge=0, le=32, description="multi-crop (simclr): extra local views per image of "
                              "local_size px at local_scale, positives of the image's other views; 0: off")
     local_size: int = Field(16, ge=4, le=1024, description="side of the local views")

@@ -55,7 +55,7 @@ def stream_spec(cfg: RunConfig, world_size: int, num_views: int, augment: bool =
                       augment=augment, image_size=d.view_size or d.image_size, blur=d.blur, mode=d.mode, seed=cfg.seed, shuffle=True,
                       shuffle_buffer=d.shuffle_buffer, num_workers=d.loader_workers,
                       max_bad_fraction=d.max_bad_fraction, equalize=True, pin_memory=pin_memory, lanes=d.lanes,
-                      global_scale=d.global_scale, local_views=d.local_views,
+                      global_scale=d.global_scale, color_strength=d.color_strength, local_views=d.local_views,
                       local_size=d.local_size, local_scale=d.local_scale)
 
 

@@ -175,3 +175,20 @@ def test_view_size_sets_the_training_views_and_leaves_the_probe_size():
     assert batch["views"].shape == (16, 3, 24, 24)
     with pytest.raises(ConfigError, match="data.view_size=24: a training view size apart from data.image_size"):
         load_run_config("vae-digits", ["data.view_size=24"])
+
+
+def test_color_strength_reaches_every_view_recipe():
+    import numpy as np
+
+    from data_pipeline.views import draw_params
+    from pretrain.trainer import stream_spec
+
+    cfg = load_run_config(None, ["data.color_strength=0.5", "data.local_views=2"])
+    spec = stream_spec(cfg, world_size=1, num_views=2)
+    assert spec.recipe.strength == spec.local_recipe.strength == 0.5
+    p = draw_params(np.arange(2000, dtype=np.uint64), np.array([[32, 32]] * 2000), spec.recipe, 2)
+    assert p.factors[:, :3].min() >= 0.6 and p.factors[:, :3].max() <= 1.4 and np.abs(p.factors[:, 3]).max() <= 0.1
+    assert p.factors[:, :3].min() < 0.62 and p.factors[:, :3].max() > 1.38  # the whole range is drawn
+    assert load_run_config(None).data.color_strength == 1.0
+    with pytest.raises(ConfigError, match="color_strength"):
+        load_run_config(None, ["data.color_strength=2"])
