@@ -201,6 +201,15 @@ class Trainer:
         self._position = max(self._position, float(step), (fraction + (step - at) * rate) * self.total_steps)
         return self._position  # never back: a check that finds the extrapolation ahead holds the lr until time catches up
 
+    def _expected_steps(self) -> int:
+        """The step the run will end at: total_steps, or by schedule_by=budget the step the budget runs out at on the
+        clock's speed (at most total_steps), the length of the progress bar."""
+        at, fraction, rate = self._budget_clock
+        if self.cfg.schedule_by != "budget" or rate <= 0:
+            return self.total_steps
+        left = (1.0 - fraction) / rate - (self.step - at)
+        return min(self.total_steps, self.step + max(0, math.ceil(left)))
+
     def fit(self, resume_from: Path | None = None) -> dict[str, Any]:
         """Train from the current position (0, or what ``restore``/``resume_from`` set) to ``total_steps``, or until
         the time budget is spent. The last log carries ``stop_reason``: "steps" or "budget"."""
@@ -246,7 +255,7 @@ class Trainer:
                         {**metrics, "data_wait_fraction": window_wait / elapsed},
                         {"epoch_bad_samples": _bad_total(stats), "epoch_repeated_samples": stats.get("repeated", 0),
                          "epoch_dropped_samples": stats.get("dropped", 0)}, self.device)
-                    last.update(step=self.step, epoch=self.epoch, total_steps=self.total_steps,
+                    last.update(step=self.step, epoch=self.epoch, total_steps=self._expected_steps(),
                                 images_per_s=cfg.batch_size * window_steps / elapsed,
                                 **({"stop_reason": "budget" if stop else "steps"} if final else {}),
                                 **({"batch_keys": key_hashes} if cfg.log_batch_keys else {}))

@@ -59,6 +59,9 @@ def test_schedule_by_budget_runs_the_cosine_over_the_time(tmp_path, digits_shard
     half = next(i for i, lr in enumerate(lrs) if i > peak and lr < 0.25)
     assert 0.3 < half / len(lrs) < 0.7  # at half the peak about half-way through: the steps take equal times
     assert lrs[-1] < 0.05 * 0.5
+    # the progress bar's length: the step the budget runs out at, not the cap
+    end = by_budget[-1]["step"]
+    assert by_budget[-1]["total_steps"] == end and 0.6 * end < by_budget[len(lrs) // 2]["total_steps"] < 1.5 * end
     assert by_steps[-1]["stop_reason"] == "budget" and max(m["lr"] for m in by_steps) < 0.05 * 0.5
 
 
