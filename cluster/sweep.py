@@ -110,7 +110,22 @@ class Announce(Callback):
               f"{m.get('time_s') or 0:.0f} s", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"sweep: {trial} FAILED: {error_line(_trial_error(trial))}", flush=True)
+        text = _trial_error(trial)
+        _store_error(trial, text)
+        print(f"sweep: {trial} FAILED: {error_line(text)}", flush=True)
+
+
+def _store_error(trial: Any, text: str) -> None:
+    """Put the trial's error.txt in storage now (written aside, then moved into place), where the results table reads
+    it: Tune copies its own from the driver's staging directory only at its next sync, which a Ctrl-C can pre-empt."""
+    try:
+        fs, path = trial.storage.storage_filesystem, trial.path
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/error.txt.partial") as f:
+            f.write(text.encode())
+        fs.move(f"{path}/error.txt.partial", f"{path}/error.txt")
+    except (OSError, AttributeError, TypeError) as exc:
+        print(f"sweep: {trial}: could not store its error in {getattr(trial, 'path', '?')}: {exc}", flush=True)
 
 
 def _trial_error(trial: Any) -> str:

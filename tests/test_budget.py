@@ -65,6 +65,20 @@ def test_schedule_by_budget_runs_the_cosine_over_the_time(tmp_path, digits_shard
     assert by_steps[-1]["stop_reason"] == "budget" and max(m["lr"] for m in by_steps) < 0.05 * 0.5
 
 
+def test_schedule_by_budget_resumes_where_its_clock_stopped(tmp_path, digits_shards, monkeypatch):
+    # A run spends its 3-s budget; resumed with 6 s it starts at half the schedule (the first 3 s are in its
+    # checkpoint's train_seconds), not at a new warmup, and ends at the floor.
+    monkeypatch.setattr(trainer_module, "BUDGET_CHECK_S", 0.1)
+    common = [*TINY, f"data.train={digits_shards['train']}", "batch_size=32", "steps=100000", "log_every=1",
+              "checkpoint_every=100000", "cluster.workers=1", "optim.lr=0.5", "schedule_by=budget",
+              "optim.warmup_fraction=0"]
+    first = run_single_process(load_run_config(None, [*common, "budget_minutes=0.05"]), tmp_path)[1].logs
+    again = run_single_process(load_run_config(None, [*common, "budget_minutes=0.1"]), tmp_path)[1].logs
+    assert first[-1]["lr"] < 0.05 and again[0]["step"] == first[-1]["step"] + 1
+    assert 0.15 < again[0]["lr"] < 0.35  # cos at about half-way: 0.25
+    assert again[-1]["stop_reason"] == "budget" and again[-1]["lr"] < 0.05
+
+
 def test_schedule_by_budget_needs_a_budget():
     with pytest.raises(ValueError, match="schedule_by=budget: give budget_minutes"):
         load_run_config(None, [*TINY, "data.train=digits", "schedule_by=budget"])

@@ -234,3 +234,25 @@ def test_a_trial_that_failed_before_tune_saved_its_state_reads_as_failed(tmp_pat
     rows = _rows(results, trials)
     assert [r["status"] for r in rows] == ["failed", "interrupted", "done"]
     assert rows[0]["error"] == "/data/bad: no shard could be read" and rows[2]["steps"] == 3
+
+
+def test_a_failed_trials_error_is_in_storage_at_once(tmp_path):
+    """Tune writes error.txt in the driver's staging directory and syncs it later; the sweep's callback puts it where
+    the results table reads it (the trial's storage directory) as the failure is announced."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+    from ray.tune import Result
+
+    from cluster.sweep import Announce, _stored_error
+
+    staged = tmp_path / "staging" / "error.txt"
+    staged.parent.mkdir()
+    staged.write_text("Failure # 1\nTraceback (most recent call last):\nValueError: the trial broke\n")
+    stored = tmp_path / "storage" / "tune" / "trial00"
+    trial = SimpleNamespace(error_file=str(staged), path=str(stored),
+                            storage=SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem()))
+    Announce(str(tmp_path / "storage")).on_trial_error(0, [], trial)
+    assert (stored / "error.txt").read_text() == staged.read_text() and not (stored / "error.txt.partial").exists()
+    result = Result(metrics={}, checkpoint=None, error=None, path=str(stored))
+    assert error_line(_stored_error(result)) == "ValueError: the trial broke"
