@@ -28,6 +28,11 @@ class DataConfig(Strict):
                             "export) and, unless view_size, trained on")
     view_size: int | None = Field(None, ge=8, le=1024, description="simclr: side of the global training views "
                                   "(e.g. 24 with image_size 32: 0.56x the pixels per view); None: image_size")
+    view_size_start: int | None = Field(None, ge=8, le=1024, description="simclr: progressive resizing — the global "
+                                        "views' side at the start, growing to view_size by data.view_ramp of the "
+                                        "schedule (pretrain/view_ramp.py); None: the full side throughout")
+    view_ramp: float = Field(0.5, gt=0.0, le=1.0, description="fraction of the schedule over which the views grow "
+                             "from view_size_start to view_size")
     blur: bool | None = Field(None, description="Gaussian blur in the view recipe; None: on above 32 px")
     global_scale: tuple[float, float] = Field((0.08, 1.0), description="crop area range (fraction of the image) "
                                               "of the global views")
@@ -322,6 +327,14 @@ class RunConfig(Strict):
         if self.data.view_size is not None and self.method != "simclr":
             raise ValueError(f"data.view_size={self.data.view_size}: a training view size apart from data.image_size "
                              f"is for method=simclr (method={self.method} generates data.image_size images); unset it")
+        if self.data.view_size_start is not None:
+            full = self.data.view_size or self.data.image_size
+            if self.method != "simclr":
+                raise ValueError(f"data.view_size_start={self.data.view_size_start}: progressive view sizes are for "
+                                 f"method=simclr (method={self.method}); unset it")
+            if self.data.view_size_start > full:
+                raise ValueError(f"data.view_size_start={self.data.view_size_start}: larger than the views' side "
+                                 f"{full} (data.view_size, else data.image_size); the views grow to it")
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"steps={self.steps} and epochs={self.epochs}: give one of them")
         if self.steps is None and self.epochs is None:

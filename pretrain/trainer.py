@@ -34,6 +34,7 @@ from pretrain.config import RunConfig
 from pretrain.methods import build_method
 from pretrain.methods.base import PretrainMethod
 from pretrain.precision import configure_backends
+from pretrain.view_ramp import ViewRamp, resize_views
 
 WriteCheckpoint = Callable[[Path], None]
 BUDGET_CHECK_S = 10.0  # the longest a run goes between checks of its time budget (each one a broadcast + sync)
@@ -131,6 +132,9 @@ class Trainer:
         if cfg.schedule_by == "budget":
             for schedule in self.method.schedulers.values():
                 schedule.clock = self._schedule_position
+        d = cfg.data
+        self.view_ramp = None if d.view_size_start is None else \
+            ViewRamp(d.view_size_start, d.view_size or d.image_size, d.view_ramp)
 
     def _loader(self, epoch: int, start_batch: int):
         return make_loader(self.spec, rank=self.rank, world_size=self.world_size, epoch=epoch, start_batch=start_batch)
@@ -201,6 +205,13 @@ class Trainer:
         self._position = max(self._position, float(step), (fraction + (step - at) * rate) * self.total_steps)
         return self._position  # never back: a check that finds the extrapolation ahead holds the lr until time catches up
 
+    def _view_side(self) -> int | None:
+        """The global views' side for the coming step under progressive resizing (None: off)."""
+        if self.view_ramp is None:
+            return None
+        position = self._schedule_position(self.step) if self.cfg.schedule_by == "budget" else float(self.step)
+        return self.view_ramp.side(position / self.total_steps)
+
     def _expected_steps(self) -> int:
         """The step the run will end at: total_steps, or by schedule_by=budget the step the budget runs out at on the
         clock's speed (at most total_steps), the length of the progress bar."""
@@ -239,6 +250,8 @@ class Trainer:
                 for name in VIEW_KEYS:
                     if name in batch:
                         batch[name] = to_device(batch[name], self.device, self.memory_format)
+                if (side := self._view_side()) is not None:
+                    batch["views"] = resize_views(batch["views"], side)
                 metrics = self.method.train_step(batch, self.step)  # device tensors: read at log steps only
                 self.step += 1
                 self.batch_in_epoch += 1
@@ -257,6 +270,7 @@ class Trainer:
                          "epoch_dropped_samples": stats.get("dropped", 0)}, self.device)
                     last.update(step=self.step, epoch=self.epoch, total_steps=self._expected_steps(),
                                 images_per_s=cfg.batch_size * window_steps / elapsed,
+                                **({"view_size": side} if side is not None else {}),
                                 **({"stop_reason": "budget" if stop else "steps"} if final else {}),
                                 **({"batch_keys": key_hashes} if cfg.log_batch_keys else {}))
                     key_hashes = []
