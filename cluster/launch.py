@@ -87,7 +87,8 @@ def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: b
         sink.event("probe", step=res["step"], **flat_results(res), where=res["where"])
         trackers.log_metrics(flat_results(res), res["step"])
 
-    probes = ProbeTasks(cfg, on_probe, lambda ckpt, why: sink.event("probe_skipped", checkpoint=ckpt, reason=why))
+    probes = ProbeTasks(cfg, run_dir.url, on_probe,
+                        lambda ckpt, why: sink.event("probe_skipped", checkpoint=ckpt, reason=why))
 
     def poll(final: bool = False) -> None:
         monitor.poll()
@@ -98,7 +99,7 @@ def _train(cfg: RunConfig, run_dir: RunDir, trackers: Trackers, show_progress: b
             collect_artifacts(store, ckpt, run_dir.local)
         for ckpt in new:
             if periodic:
-                probes.submit(f"{run_dir.url}/{ckpt}")
+                probes.submit(ckpt)
         probes.collect(wait=final)
         if new:
             run_dir.sync()

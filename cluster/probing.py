@@ -1,8 +1,10 @@
 """Probes of a run as Ray tasks on cluster resources (``eval.num_cpus``, ``eval.num_gpus``), not on the driver:
 every k-th checkpoint while training (collected between polls) and the final checkpoint.
 
-The task resolves the probe's data where it runs and reads the checkpoint from the run's storage (a private copy,
-so Ray pruning the checkpoint meanwhile does not matter); data paths must be readable from every node (shared
+A periodic probe's checkpoint is pinned first: copied within the run's storage to ``PIN_DIR`` as soon as the driver
+sees it, so Ray pruning the checkpoint before the task starts (a busy cluster) does not lose the probe; the pin is
+removed once the task ends. The task resolves the probe's data where it runs and reads the checkpoint from the
+run's storage (a private copy); data paths must be readable from every node (shared
 storage or URLs; on one machine, local paths are). Each result records where it ran (node, host, PID, device).
 """
 
@@ -15,6 +17,9 @@ from typing import Any
 
 from data_pipeline.builtin import resolve_builtin
 from pretrain.config import RunConfig
+from pretrain.run_store import RunStore
+
+PIN_DIR = ".probe_pins"  # in the run's storage: copies of the checkpoints that periodic probes wait for
 
 
 def probe_sources(cfg: RunConfig) -> tuple[str, str] | None:
@@ -64,10 +69,11 @@ def probe_checkpoint(run: dict[str, Any], checkpoint: str, periodic: bool) -> di
 
 
 class ProbeTasks:
-    """Submits probe tasks and hands finished periodic results to ``on_result(result)`` (``on_error(checkpoint,
-    reason)`` for a checkpoint that could not be probed, e.g. pruned before it was copied)."""
+    """Submits probe tasks for the checkpoints of the run at ``run_url`` and hands finished periodic results to
+    ``on_result(result)`` (``on_error(checkpoint, reason)`` for a checkpoint that could not be probed, e.g. pruned
+    before its pin was copied)."""
 
-    def __init__(self, cfg: RunConfig, on_result: Callable[[dict], None],
+    def __init__(self, cfg: RunConfig, run_url: str, on_result: Callable[[dict], None],
                  on_error: Callable[[str, str], None]) -> None:
         import ray
 
@@ -77,10 +83,19 @@ class ProbeTasks:
         self.task = ray.remote(probe_checkpoint).options(num_cpus=cfg.eval.num_cpus, num_gpus=probe_gpus(cfg),
                                                          max_retries=0, scheduling_strategy="DEFAULT")
         self.on_result, self.on_error = on_result, on_error
-        self.pending: dict[Any, str] = {}
+        self.run_url, self.store = run_url.rstrip("/"), RunStore(run_url)
+        self.store.remove(PIN_DIR)  # pins left by a driver that died
+        self.pending: dict[Any, tuple[str, str]] = {}  # task → (checkpoint, its pin)
 
     def submit(self, checkpoint: str) -> None:
-        self.pending[self.task.remote(self.run, checkpoint, True)] = checkpoint
+        """Pin ``checkpoint`` (relative to the run) and start its periodic probe on the pin."""
+        pin = f"{PIN_DIR}/{checkpoint.rsplit('/', 1)[-1]}"
+        try:
+            self.store.copy(checkpoint, pin)
+        except (OSError, ValueError) as exc:  # pruned before the copy
+            self.on_error(f"{self.run_url}/{checkpoint}", f"could not pin it: {exc}"[:300])
+            return
+        self.pending[self.task.remote(self.run, f"{self.run_url}/{pin}", True)] = (f"{self.run_url}/{checkpoint}", pin)
 
     def collect(self, wait: bool = False) -> None:
         """Hand over the finished periodic probes (all of them, waiting, with ``wait``)."""
@@ -90,14 +105,16 @@ class ProbeTasks:
             return
         done, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=None if wait else 0)
         for ref in done:
-            checkpoint = self.pending.pop(ref)
+            checkpoint, pin = self.pending.pop(ref)
             try:
                 res = ray.get(ref)
             except (ray.exceptions.RayError, OSError, ValueError, RuntimeError) as exc:
                 self.on_error(checkpoint, str(exc).strip().splitlines()[-1][:300])
                 continue
+            finally:
+                self.store.remove(pin)
             if not res.get("skipped"):
-                self.on_result(res)
+                self.on_result({**res, "checkpoint": checkpoint})
 
     def final(self, checkpoint: str) -> dict[str, Any]:
         """Probe the final checkpoint (with the baselines) and wait for it; its errors are raised here."""

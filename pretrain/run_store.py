@@ -150,6 +150,27 @@ class RunStore:
             self.fs.rm(tmp)
             raise
 
+    def copy(self, src: str, dest: str) -> None:
+        """Copy the file or directory ``src`` to ``dest`` (replaced if present), file by file within the store: on an
+        object store a server-side copy of each key. A failed copy leaves no ``dest``."""
+        self.remove(dest)
+        source = self._path(src)
+        files = [(f"{source}/{r}", f"{self._path(dest)}/{r}") for r in self._files(source)] \
+            if self.fs.isdir(source) else [(source, self._path(dest))]
+        try:
+            for a, b in files:
+                if not set(_as_tuple(self.fs.protocol)) & OBJECT_STORES:
+                    self.fs.makedirs(b.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.copy(a, b)
+        except BaseException:
+            self.remove(dest)
+            raise
+
+    def remove(self, rel: str) -> None:
+        """Delete the file or directory ``rel`` if it exists."""
+        if self.exists(rel):
+            self.fs.rm(self._path(rel), recursive=True)
+
 
 class RunMirror:
     """Keeps ``store`` a copy of the run files of the local working directory ``local``: ``sync()`` uploads what
@@ -192,8 +213,7 @@ class RunMirror:
         """Delete ``rel`` in both copies (a stale train_summary.json when a finished run is resumed)."""
         (self.local / rel).unlink(missing_ok=True)
         self.sent.pop(rel, None)
-        if self.store.exists(rel):
-            self.store.fs.rm(self.store._path(rel))
+        self.store.remove(rel)
 
 
 def checkpoint_location(path_or_url: str | Path) -> str:

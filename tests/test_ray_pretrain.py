@@ -85,8 +85,8 @@ def reference(ray_local, tmp_path_factory, small_bad_shards, digits_shards):
     cfg = _cfg(tmp, "reference", small_bad_shards, "eval.probe=true", "eval.every_k_checkpoints=2",
                f"data.probe_train={digits_shards['train']}", f"data.probe_test={digits_shards['holdout']}",
                "eval.baselines=[pixels]", "cluster.num_to_keep=3")
-    # three kept: the periodic probe of step 8 finds its checkpoint however late its task starts (with two, the
-    # checkpoint of step 16 prunes it, and under load the probe is skipped, as its probe_skipped event says)
+    # three kept (test_run_directory counts them); the periodic probes read pins of their checkpoints, so a late
+    # task is not lost to pruning (tests/test_probe_pins.py)
     run_dir = run_pretrain(cfg, show_progress=False)
     return tmp, run_dir, _losses(run_dir)
 
