@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,13 @@ class ProbeTasks:
             return
         self.pending[self.task.remote(self.run, f"{self.run_url}/{pin}", True)] = (f"{self.run_url}/{checkpoint}", pin)
 
+    def _unpin(self, pin: str) -> None:
+        """Remove a pin; a storage error leaves it for the next driver's clean-up and does not stop the run."""
+        try:
+            self.store.remove(pin)
+        except OSError as exc:
+            print(f"bigbatch: warning: could not remove {self.run_url}/{pin}: {exc}", file=sys.stderr)
+
     def collect(self, wait: bool = False) -> None:
         """Hand over the finished periodic probes (all of them, waiting, with ``wait``)."""
         import ray
@@ -112,7 +120,7 @@ class ProbeTasks:
                 self.on_error(checkpoint, str(exc).strip().splitlines()[-1][:300])
                 continue
             finally:
-                self.store.remove(pin)
+                self._unpin(pin)
             if not res.get("skipped"):
                 self.on_result({**res, "checkpoint": checkpoint})
 
