@@ -79,6 +79,11 @@ class RunStore:
             raise UserInputError(f"{self.url}: {exc}") from exc
         self.root = self.root.rstrip("/")
 
+    def _make_parent(self, path: str) -> None:
+        """Create ``path``'s parent directory on file systems (object stores have keys: nothing to create, no buckets)."""
+        if not set(_as_tuple(self.fs.protocol)) & OBJECT_STORES:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
@@ -141,8 +146,7 @@ class RunStore:
         final = self._path(rel)
         parent, name = final.rsplit("/", 1)
         tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        if not set(_as_tuple(self.fs.protocol)) & OBJECT_STORES:  # never create buckets, only directories
-            self.fs.makedirs(parent, exist_ok=True)
+        self._make_parent(final)
         self.fs.put_file(str(local), tmp)
         try:
             self.fs.mv(tmp, final)
@@ -159,8 +163,7 @@ class RunStore:
             if self.fs.isdir(source) else [(source, self._path(dest))]
         try:
             for a, b in files:
-                if not set(_as_tuple(self.fs.protocol)) & OBJECT_STORES:
-                    self.fs.makedirs(b.rsplit("/", 1)[0], exist_ok=True)
+                self._make_parent(b)
                 self.fs.copy(a, b)
         except BaseException:
             self.remove(dest)
